@@ -1,0 +1,34 @@
+r"""Train an autoencoder recommender and report honest test metrics.
+
+  python experiments/train.py --preset=autorec --dataset=ml-100k --split=u1 \
+      --workdir=runs/autorec_u1
+
+Writes DIR/config.json, DIR/metrics.jsonl (per epoch), DIR/metrics.json
+(final: test_rmse, test_mae, best_epoch, ...), DIR/checkpoints/ and
+DIR/plots/loss.png. The epoch is selected on a validation carve-out of the
+training split (--valid_fraction), never on the test set. Any config field
+is a flag; see --helpfull. Bad input: one line on stderr, exit status 2.
+"""
+
+from absl import app, flags
+
+from recae_jax import flags as cfg_flags
+from recae_jax.errors import run_main
+from recae_jax.train import train_and_evaluate
+
+cfg_flags.define_config_flags()
+flags.DEFINE_string("workdir", None, "output directory for this run", required=True)
+flags.adopt_module_key_flags(cfg_flags)
+flags.DEFINE_bool("resume", False, "continue the run in --workdir from its last checkpoint")
+
+
+@run_main
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = cfg_flags.config_from_flags()
+  train_and_evaluate(config, flags.FLAGS.workdir, resume=flags.FLAGS.resume)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,208 @@
+"""One frozen config per run, and the named presets.
+
+Everything a run needs is in `Config`; `workdir/config.json` holds it so any
+run can be repeated. Presets are plain dicts of overrides on the defaults, so
+a preset plus flags is always `dataclasses.replace(Config(), **preset, **flags)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Optional
+
+from recae_jax.errors import UserError
+
+ACTIVATIONS = ("sigmoid", "relu", "selu", "elu", "tanh", "identity", "lrelu")
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "momentum")
+SCHEDULES = ("constant", "step", "cosine")
+SIDE_FEATURES = ("genre_counts", "user_attributes", "item_genres")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  # --- data ---
+  dataset: str = "ml-100k"
+  data_dir: Optional[str] = None
+  split: str = "u1"
+  test_fraction: float = 0.1       # "random" split
+  time_quantile: float = 0.98      # "time" split
+  valid_fraction: float = 0.05     # carved out of train for model selection
+  min_user_ratings: int = 0
+  min_item_ratings: int = 0
+  split_seed: int = 0              # fixed across ensemble members / seeds
+  seed: int = 0                    # initialisation, shuffling, dropout
+  # --- model ---
+  orientation: str = "item"        # rows are items (I-AutoRec) or users
+  layers: tuple[int, ...] = (500,)  # encoder widths; decoder mirrors layers[:-1]
+  activation: str = "sigmoid"
+  output_activation: str = "identity"
+  dropout: float = 0.0             # on the code (last encoder) layer
+  input_dropout: float = 0.0       # denoising: drop observed inputs
+  input_noise: float = 0.0         # denoising: Gaussian noise std on observed inputs
+  tied: bool = False               # decoder kernels = encoder kernels transposed
+  side_features: tuple[str, ...] = ()
+  rating_divisor: float = 1.0      # model sees rating / divisor (S0 used 5)
+  # --- loss ---
+  loss_denominator: str = "observed"  # "observed": Σm; "all": B x N (S3's MSELoss)
+  l2: float = 0.0                  # λ/2 Σ W² over kernels
+  # --- optimizer ---
+  optimizer: str = "adam"
+  learning_rate: float = 1e-3
+  momentum: float = 0.9
+  weight_decay: float = 0.0        # coupled (added to the gradient, as torch does)
+  rms_decay: float = 0.99
+  grad_clip: float = 0.0           # global norm; 0 = off
+  schedule: str = "constant"
+  decay_epochs: int = 0            # "step": multiply lr by decay_rate every N epochs
+  decay_rate: float = 0.5
+  accumulate_gradients: bool = False  # S3's never-zeroed .grad quirk
+  # --- training ---
+  batch_size: int = 256
+  epochs: int = 100
+  patience: int = 0                # early stop after N epochs w/o val gain; 0 = off
+  dense_refeeding: int = 0         # DeepRecommender's extra updates on f(x)
+  checkpoint_every: int = 10
+  dense_budget_mb: int = 1024      # whole matrix on device if it fits, else CSR
+  eval_batch_size: int = 512
+  fallback: str = "item_user_global"  # prediction for pairs with no training data
+  # --- ensemble / blend (the `best` preset) ---
+  ensemble: int = 1                # members trained with seeds seed..seed+K-1
+  blend_uautorec: bool = False     # add a U-AutoRec component to the blend
+  blend_knn: bool = False          # add the Pearson user-KNN to the blend
+
+  def validate(self) -> "Config":
+    def bad(name, msg):
+      raise UserError(f"--{name}: {msg}")
+    if self.orientation not in ("item", "user"):
+      bad("orientation", f"must be 'item' or 'user', got {self.orientation!r}")
+    if not self.layers or any(w <= 0 for w in self.layers):
+      bad("layers", f"widths must be positive, got {self.layers}")
+    for name in ("activation", "output_activation"):
+      if getattr(self, name) not in ACTIVATIONS:
+        bad(name, f"unknown {getattr(self, name)!r}; choose from {', '.join(ACTIVATIONS)}")
+    if self.optimizer not in OPTIMIZERS:
+      bad("optimizer", f"unknown {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+    if self.schedule not in SCHEDULES:
+      bad("schedule", f"unknown {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+    if self.schedule == "step" and self.decay_epochs <= 0:
+      bad("decay_epochs", "must be > 0 with --schedule=step")
+    for f in self.side_features:
+      if f not in SIDE_FEATURES:
+        bad("side_features", f"unknown {f!r}; choose from {', '.join(SIDE_FEATURES)}")
+    if self.loss_denominator not in ("observed", "all"):
+      bad("loss_denominator", "must be 'observed' or 'all'")
+    for name in ("batch_size", "epochs", "checkpoint_every", "eval_batch_size",
+                 "ensemble", "dense_budget_mb"):
+      if getattr(self, name) <= 0:
+        bad(name, f"must be positive, got {getattr(self, name)}")
+    for name in ("learning_rate", "rating_divisor"):
+      if not getattr(self, name) > 0:
+        bad(name, f"must be positive, got {getattr(self, name)}")
+    for name in ("dropout", "input_dropout"):
+      if not 0 <= getattr(self, name) < 1:
+        bad(name, f"must be in [0, 1), got {getattr(self, name)}")
+    if not 0 <= self.valid_fraction < 1:
+      bad("valid_fraction", f"must be in [0, 1), got {self.valid_fraction}")
+    for name in ("l2", "weight_decay", "input_noise", "grad_clip", "patience",
+                 "dense_refeeding"):
+      if getattr(self, name) < 0:
+        bad(name, f"must be >= 0, got {getattr(self, name)}")
+    if self.fallback not in ("item_user_global", "global"):
+      bad("fallback", "must be 'item_user_global' or 'global'")
+    return self
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, d: dict) -> "Config":
+    return make_config(None, **d)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Sedhain et al. 2015, I-AutoRec: items are rows, 500 sigmoid, identity out.
+    "autorec": dict(orientation="item", layers=(500,), activation="sigmoid",
+                    optimizer="adam", learning_rate=1e-3, l2=1e-3,
+                    batch_size=256, epochs=200, patience=30),
+    "uautorec": dict(orientation="user", layers=(500,), activation="sigmoid",
+                     optimizer="adam", learning_rate=1e-3, l2=1e-3,
+                     batch_size=64, epochs=200, patience=30),
+    # Kuchaiev & Ginsburg 2017, Netflix configuration (run.py flags in their README).
+    "deeprec": dict(orientation="user", layers=(512, 512, 1024), activation="selu",
+                    output_activation="selu", dropout=0.8, optimizer="momentum",
+                    learning_rate=0.005, momentum=0.9, batch_size=128, epochs=12,
+                    dense_refeeding=1),
+    # S1: deep AE with masked MSE on ml-latest-small, time split.
+    "s1_deep_ae": dict(dataset="ml-latest-small", split="time", time_quantile=0.98,
+                       orientation="user", layers=(512, 512, 1024), activation="relu",
+                       optimizer="adam", learning_rate=1e-3, batch_size=128,
+                       epochs=40),
+    # S3: stacked sigmoid AE, one user per step, RMSprop + coupled weight decay,
+    # gradients never zeroed (see README), MSELoss averaged over all columns.
+    "s3_sae": dict(orientation="user", layers=(20, 10), activation="sigmoid",
+                   optimizer="rmsprop", learning_rate=0.01, weight_decay=0.5,
+                   accumulate_gradients=True, loss_denominator="all", batch_size=1,
+                   epochs=200),
+    # S4: S3 + side information appended to the input (loss on ratings only).
+    "s4_side_ae": dict(orientation="user", layers=(20, 10), activation="sigmoid",
+                       optimizer="rmsprop", learning_rate=0.01, weight_decay=0.5,
+                       accumulate_gradients=True, loss_denominator="all",
+                       batch_size=1, epochs=200,
+                       side_features=("genre_counts", "user_attributes")),
+    # S3/S4 with the quirk removed and honest settings (the improved variants).
+    "s3_sae_improved": dict(orientation="user", layers=(20, 10), activation="sigmoid",
+                            optimizer="adam", learning_rate=1e-3, l2=1e-4,
+                            batch_size=16, epochs=200, patience=20),
+    "s4_side_ae_improved": dict(orientation="user", layers=(20, 10),
+                                activation="sigmoid", optimizer="adam",
+                                learning_rate=1e-3, l2=1e-4, batch_size=16,
+                                epochs=200, patience=20,
+                                side_features=("genre_counts", "user_attributes")),
+}
+# The project's most accurate rating model (see README "What helped").
+PRESETS["best"] = dict(PRESETS["autorec"], ensemble=5)
+
+
+def make_config(preset: Optional[str] = None, **overrides) -> Config:
+  """Defaults ← preset ← overrides; unknown names are a UserError."""
+  fields = {f.name for f in dataclasses.fields(Config)}
+  values: dict[str, Any] = {}
+  if preset:
+    if preset not in PRESETS:
+      raise UserError(f"--preset: unknown {preset!r}; choose from {', '.join(sorted(PRESETS))}")
+    values.update(PRESETS[preset])
+  for k, v in overrides.items():
+    if k not in fields:
+      raise UserError(f"unknown config field {k!r}")
+    values[k] = v
+  for k in ("layers", "side_features"):
+    if k in values and not isinstance(values[k], tuple):
+      values[k] = _as_tuple(values[k], int if k == "layers" else str)
+  return Config(**values).validate()
+
+
+def _as_tuple(value, kind) -> tuple:
+  if isinstance(value, str):
+    value = [v for v in value.replace(" ", "").split(",") if v]
+  try:
+    return tuple(kind(v) for v in value)
+  except ValueError:
+    raise UserError(f"cannot read {value!r} as a list of {kind.__name__}") from None
+
+
+def load_config(path) -> Config:
+  with open(path) as f:
+    return Config.from_json(json.load(f))
+
+
+def field_help() -> dict[str, str]:
+  """Each Config field's trailing comment, for --help (one source of truth)."""
+  import inspect
+  import re
+  out = {}
+  for line in inspect.getsource(Config).splitlines():
+    m = re.match(r"\s+(\w+): [^=]+=\s*(.+?)(?:\s+#\s*(.*))?$", line)
+    if m:
+      out[m.group(1)] = m.group(3) or ""
+  return out
