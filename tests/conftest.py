@@ -26,3 +26,25 @@ def _data_dir():
 def data_dir() -> pathlib.Path:
   """The directory holding ml-100k/ and ml-latest-small/."""
   return _data_dir()
+
+
+def low_rank_ratings(n_users=200, n_items=100, density=0.3, seed=0):
+  """A small Dataset + Split with learnable low-rank structure (1..5 stars)."""
+  import numpy as np
+  from recae_jax.data.types import Dataset, Ratings, Split
+  rng = np.random.default_rng(seed)
+  u_f = rng.normal(size=(n_users, 3))
+  i_f = rng.normal(size=(n_items, 3))
+  full = np.clip(np.rint(3 + u_f @ i_f.T * 0.7 + rng.normal(0, 0.3, (n_users, n_items))), 1, 5)
+  users, items = np.nonzero(rng.random((n_users, n_items)) < density)
+  r = Ratings(users, items, full[users, items], np.arange(len(users)), n_users, n_items)
+  part = rng.random(len(r))
+  split = Split(train=r.subset(part < 0.7), valid=r.subset((part >= 0.7) & (part < 0.8)),
+                test=r.subset(part >= 0.8), name="random")
+  ds = Dataset("tiny", r, np.arange(n_users) + 1, np.arange(n_items) + 1, (1.0, 5.0))
+  return ds, split
+
+
+@pytest.fixture
+def tiny():
+  return low_rank_ratings()

@@ -1,0 +1,198 @@
+"""The engine: losses, compile-once epochs, learning, resume, NaN stop."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from recae_jax import losses, train
+from recae_jax.config import make_config
+from recae_jax.data import sparse
+from recae_jax.errors import UserError
+from recae_jax.models import AutoEncoder, build_model, encode
+
+
+def _quiet(_):
+  pass
+
+
+def test_masked_mse_matches_numpy():
+  rng = np.random.default_rng(0)
+  p, t = rng.normal(size=(5, 7)), rng.normal(size=(5, 7))
+  m = rng.random((5, 7)) < 0.4
+  w = np.array([1, 1, 1, 0, 1], np.float32)
+  mw = m * w[:, None]
+  expect = np.sum(mw * (p - t) ** 2) / max(1, mw.sum())
+  got = losses.masked_mse(jnp.asarray(p), jnp.asarray(t), jnp.asarray(m), jnp.asarray(w))
+  np.testing.assert_allclose(float(got), expect, rtol=1e-5)
+  # an all-missing batch has loss 0, not NaN
+  assert float(losses.masked_mse(jnp.ones((2, 3)), jnp.zeros((2, 3)),
+                                 jnp.zeros((2, 3), bool))) == 0.0
+
+
+def test_l2_penalty_counts_kernels_only():
+  params = {"enc_0_kernel": jnp.full((2, 3), 2.0), "enc_0_bias": jnp.full((3,), 9.0)}
+  assert float(losses.l2_penalty(params)) == pytest.approx(0.5 * 6 * 4)
+
+
+def test_accumulate_forever_sums_all_gradients():
+  tx = train.accumulate_forever()
+  state = tx.init({"w": jnp.zeros(2)})
+  out = []
+  for g in ([1.0, 2.0], [3.0, 4.0], [5.0, 6.0]):
+    upd, state = tx.update({"w": jnp.asarray(g)}, state)
+    out.append(np.asarray(upd["w"]))
+  np.testing.assert_allclose(out, [[1, 2], [4, 6], [9, 12]])
+
+
+def test_model_shapes_tied_side_and_encoder():
+  x = jnp.ones((4, 30))
+  side = jnp.ones((4, 5))
+  untied = AutoEncoder(n_outputs=30, layers=(8, 4))
+  tied = AutoEncoder(n_outputs=30, layers=(8, 4), tied=True)
+  p_u = untied.init(jax.random.PRNGKey(0), x, x != 0, side)["params"]
+  p_t = tied.init(jax.random.PRNGKey(0), x, x != 0, side)["params"]
+  assert p_u["enc_0_kernel"].shape == (35, 8)  # side features enter the input only
+  assert p_u["dec_1_kernel"].shape == (8, 30)
+  assert "dec_1_kernel" not in p_t and p_t["dec_1_bias"].shape == (30,)
+  assert tied.apply({"params": p_t}, x, x != 0, side).shape == (4, 30)
+  assert encode(untied, p_u, x, side).shape == (4, 4)
+
+
+def test_epoch_compiles_once_with_ragged_last_batch(tiny):
+  ds, split = tiny
+  cfg = make_config("autorec", layers=(16,), batch_size=7, epochs=3)
+  problem = train.build_problem(cfg, ds, split)
+  n_rows = int(problem.fit_data.train_rows.shape[0])
+  assert n_rows % 7, "the test needs a ragged last batch"
+  model = build_model(cfg, problem.n_cols)
+  tx = train.make_optimizer(cfg, steps_per_epoch=-(-n_rows // 7))
+  epoch_fn = train.make_train_epoch(model, tx, cfg, 7)
+  state = train.init_state(model, tx, problem.fit_data, 0)
+  before = train.TRACE_COUNTS["train_epoch"]
+  losses_seen = []
+  for _ in range(4):
+    state, m = epoch_fn(state, problem.fit_data)
+    losses_seen.append(float(m["loss"]))
+  assert train.TRACE_COUNTS["train_epoch"] - before == 1
+  assert int(state.step) == 4 * -(-n_rows // 7)
+  assert losses_seen[-1] < losses_seen[0]
+
+
+@pytest.mark.parametrize("orientation", ["item", "user"])
+def test_train_and_evaluate_beats_global_mean(tiny, tmp_path, orientation):
+  ds, split = tiny
+  cfg = make_config("autorec", orientation=orientation, layers=(32,), l2=1e-3,
+                    learning_rate=1e-2, batch_size=16, epochs=60, patience=0)
+  res = train.train_and_evaluate(cfg, tmp_path, progress=_quiet,
+                                 problem=train.build_problem(cfg, ds, split))
+  train_r = split.train.concat(split.valid).ratings
+  baseline = np.sqrt(np.mean((split.test.ratings - train_r.mean()) ** 2))
+  assert res["test_rmse"] < 0.9 * baseline, (res["test_rmse"], baseline)
+  assert res["n_test"] == len(split.test)
+  assert 1 <= res["best_epoch"] <= 60
+  for name in ("config.json", "metrics.json", "metrics.jsonl", "plots/loss.png"):
+    assert (tmp_path / name).exists(), name
+  rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in rows] == list(range(1, 61))
+  # the selected epoch is the one with the lowest validation RMSE
+  assert res["best_epoch"] == min(rows, key=lambda r: r["valid_rmse"])["epoch"]
+
+
+def test_fallback_pairs_are_counted(tiny, tmp_path):
+  ds, split = tiny
+  # make user 0 and item 0 unseen in training
+  keep = (split.train.users != 0) & (split.train.items != 0)
+  keep_v = (split.valid.users != 0) & (split.valid.items != 0)
+  split = dataclasses.replace(split, train=split.train.subset(keep),
+                              valid=split.valid.subset(keep_v))
+  expect = int(np.sum((split.test.users == 0) | (split.test.items == 0)))
+  assert expect > 0
+  cfg = make_config("autorec", layers=(8,), epochs=2, batch_size=16)
+  res = train.train_and_evaluate(cfg, tmp_path, progress=_quiet,
+                                 problem=train.build_problem(cfg, ds, split))
+  assert res["n_test_fallback"] == expect
+  assert np.isfinite(res["test_rmse"])
+
+
+class _Crash(Exception):
+  pass
+
+
+def test_resume_after_crash_matches_uninterrupted_run(tiny, tmp_path):
+  ds, split = tiny
+  cfg = make_config("autorec", layers=(16,), batch_size=16, epochs=8,
+                    checkpoint_every=3, learning_rate=1e-2, input_dropout=0.1)
+  problem = train.build_problem(cfg, ds, split)
+  full = train.train_and_evaluate(cfg, tmp_path / "a", progress=_quiet, problem=problem)
+
+  def crash_at_5(line):
+    if line.startswith("epoch    5/"):
+      raise _Crash()
+
+  with pytest.raises(_Crash):
+    train.train_and_evaluate(cfg, tmp_path / "b", progress=crash_at_5, problem=problem)
+  with pytest.raises(UserError, match="--resume"):
+    train.train_and_evaluate(cfg, tmp_path / "b", progress=_quiet, problem=problem)
+  lines = []
+  resumed = train.train_and_evaluate(cfg, tmp_path / "b", resume=True,
+                                     progress=lines.append, problem=problem)
+  assert lines[0].startswith("resumed from epoch 3")
+  for key in ("test_rmse", "test_mae", "best_epoch", "best_valid_rmse"):
+    assert resumed[key] == full[key], key
+  hist = [json.loads(x)["epoch"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+  assert hist == list(range(1, 9))
+
+
+def test_resume_refuses_a_different_config(tiny, tmp_path):
+  ds, split = tiny
+  cfg = make_config("autorec", layers=(8,), epochs=2, batch_size=16)
+  train.train_and_evaluate(cfg, tmp_path, progress=_quiet,
+                           problem=train.build_problem(cfg, ds, split))
+  other = dataclasses.replace(cfg, layers=(9,))
+  with pytest.raises(UserError, match="different config.*layers"):
+    train.train_and_evaluate(other, tmp_path, resume=True, progress=_quiet,
+                             problem=train.build_problem(other, ds, split))
+
+
+def test_nan_stops_training_and_keeps_last_checkpoint(tiny, tmp_path):
+  ds, split = tiny
+  cfg = make_config("autorec", layers=(8,), epochs=2, batch_size=16, checkpoint_every=1)
+  problem = train.build_problem(cfg, ds, split)
+  train.train_and_evaluate(cfg, tmp_path, progress=_quiet, problem=problem)
+  # Poison the training data, then continue: epoch 3 must stop the run.
+  src = problem.fit_data.source
+  bad = problem.fit_data.replace(source=src.replace(values_RxN=src.values_RxN.at[0, :].set(jnp.nan)))
+  problem = dataclasses.replace(problem, fit_data=bad)
+  more = dataclasses.replace(cfg, epochs=4)
+  with pytest.raises(train.TrainingDiverged, match="epoch 3.*last good checkpoint: epoch 2"):
+    train.train_and_evaluate(more, tmp_path, resume=True, progress=_quiet, problem=problem)
+  from recae_jax.checkpoint import Checkpoints
+  assert Checkpoints(tmp_path / "checkpoints").steps()[-1] == 2
+
+
+def test_optimizers_and_schedules_build():
+  params = {"w": jnp.ones(3)}
+  for opt in ("adam", "adamw", "rmsprop", "sgd", "momentum"):
+    for sched in ("constant", "step", "cosine"):
+      cfg = make_config(None, optimizer=opt, schedule=sched, decay_epochs=2,
+                        weight_decay=0.1, grad_clip=1.0)
+      tx = train.make_optimizer(cfg, steps_per_epoch=5)
+      upd, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
+      assert np.all(np.isfinite(np.asarray(upd["w"])))
+
+
+def test_train_script_bad_input_exits_2(tmp_path):
+  for args in (["--preset=nope"], ["--batch_size=0"], ["--optimizer=adagrad"],
+               ["--layers=5,-1"], ["--activation=swish"]):
+    proc = subprocess.run([sys.executable, "experiments/train.py",
+                           f"--workdir={tmp_path}", *args], capture_output=True, text=True)
+    assert proc.returncode == 2, (args, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
