@@ -123,7 +123,7 @@ class Config:
 PRESETS: dict[str, dict[str, Any]] = {
     # Sedhain et al. 2015, I-AutoRec: items are rows, 500 sigmoid, identity out.
     "autorec": dict(orientation="item", layers=(500,), activation="sigmoid",
-                    optimizer="adam", learning_rate=1e-3, l2=1e-3,
+                    optimizer="adam", learning_rate=1e-3, l2=3e-3,
                     batch_size=256, epochs=200, patience=30),
     "uautorec": dict(orientation="user", layers=(500,), activation="sigmoid",
                      optimizer="adam", learning_rate=1e-3, l2=1e-3,
@@ -161,7 +161,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                                 side_features=("genre_counts", "user_attributes")),
 }
 # The project's most accurate rating model (see README "What helped").
-PRESETS["best"] = dict(PRESETS["autorec"], ensemble=5)
+PRESETS["best"] = dict(PRESETS["autorec"], ensemble=5, blend_uautorec=True)
 
 
 def make_config(preset: Optional[str] = None, **overrides) -> Config:

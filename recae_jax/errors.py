@@ -20,6 +20,9 @@ def run_main(main: Callable[[list[str]], object]) -> Callable[[list[str]], objec
   """Wraps an absl `main` so a UserError prints one line and exits 2."""
 
   def wrapped(argv):
+    from absl import flags, logging
+    if "verbosity" in flags.FLAGS and not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:
       return main(argv)
     except UserError as e:
