@@ -59,6 +59,7 @@ class Config:
   accumulate_gradients: bool = False  # S3's never-zeroed .grad quirk
   # --- training ---
   batch_size: int = 256
+  shuffle: bool = True             # S3 visited users in order
   epochs: int = 100
   patience: int = 0                # early stop after N epochs w/o val gain; 0 = off
   dense_refeeding: int = 0         # DeepRecommender's extra updates on f(x)
@@ -143,12 +144,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "s3_sae": dict(orientation="user", layers=(20, 10), activation="sigmoid",
                    optimizer="rmsprop", learning_rate=0.01, weight_decay=0.5,
                    accumulate_gradients=True, loss_denominator="all", batch_size=1,
-                   epochs=200),
+                   epochs=200, valid_fraction=0.0, shuffle=False),
     # S4: S3 + side information appended to the input (loss on ratings only).
     "s4_side_ae": dict(orientation="user", layers=(20, 10), activation="sigmoid",
                        optimizer="rmsprop", learning_rate=0.01, weight_decay=0.5,
                        accumulate_gradients=True, loss_denominator="all",
-                       batch_size=1, epochs=200,
+                       batch_size=1, epochs=200, valid_fraction=0.0, shuffle=False,
                        side_features=("genre_counts", "user_attributes")),
     # S3/S4 with the quirk removed and honest settings (the improved variants).
     "s3_sae_improved": dict(orientation="user", layers=(20, 10), activation="sigmoid",

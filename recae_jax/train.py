@@ -124,9 +124,14 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransf
 
 # --------------------------------------------------------------- pure steps
 
-def make_train_epoch(model: AutoEncoder, tx: optax.GradientTransformation,
-                     config: Config, batch_size: int) -> Callable:
-  """Returns jitted `train_epoch(state, data) -> (state, metrics)`."""
+def make_train_step(model: AutoEncoder, tx: optax.GradientTransformation,
+                    config: Config) -> Callable:
+  """Returns pure `train_step(state, rows_B, data) -> (state, (loss, sse, count))`.
+
+  `rows_B` are row ids; id `data.n_rows` is a padding row with weight 0.
+  Jit it with `jax.jit(step, donate_argnums=0)` to use it on its own; the
+  epoch function scans it.
+  """
   div = config.rating_divisor
   l2 = config.l2
   n_cols = model.n_outputs
@@ -170,13 +175,24 @@ def make_train_epoch(model: AutoEncoder, tx: optax.GradientTransformation,
       state = state.replace(params=params, opt_state=opt_state)
     return state.replace(step=state.step + 1), (loss, sse, count)
 
+  return train_step
+
+
+def make_train_epoch(model: AutoEncoder, tx: optax.GradientTransformation,
+                     config: Config, batch_size: int) -> Callable:
+  """Returns jitted `train_epoch(state, data) -> (state, metrics)`: one call,
+  a `lax.scan` of `train_step` over a shuffled, padded [K, B] grid of rows."""
+  div = config.rating_divisor
+  train_step = make_train_step(model, tx, config)
+
   @functools.partial(jax.jit, donate_argnums=0)
   def train_epoch(state: TrainState, data: RowData):
     TRACE_COUNTS["train_epoch"] += 1
     n_train = data.train_rows.shape[0]
     n_batches = -(-n_train // batch_size)
     rng, perm_rng = jax.random.split(state.rng)
-    perm = data.train_rows[jax.random.permutation(perm_rng, n_train)]
+    perm = (data.train_rows[jax.random.permutation(perm_rng, n_train)]
+            if config.shuffle else data.train_rows)
     pad = jnp.full((n_batches * batch_size - n_train,), data.n_rows, jnp.int32)
     rows_KxB = jnp.concatenate([perm, pad]).reshape(n_batches, batch_size)
     state, (loss_K, sse_K, count_K) = jax.lax.scan(

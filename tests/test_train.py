@@ -196,3 +196,26 @@ def test_train_script_bad_input_exits_2(tmp_path):
     assert proc.returncode == 2, (args, proc.stderr)
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.realdata
+def test_train_script_on_ml100k_u1(data_dir, tmp_path):
+  """The README's main job, shortened: I-AutoRec on u1 beats RMSE 0.95."""
+  proc = subprocess.run(
+      [sys.executable, "experiments/train.py", "--preset=autorec", "--dataset=ml-100k",
+       "--split=u1", f"--data_dir={data_dir}", "--epochs=40", "--checkpoint_every=20",
+       f"--workdir={tmp_path}"], capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "ETA" in proc.stdout and "test RMSE" in proc.stdout
+  m = json.loads((tmp_path / "metrics.json").read_text())
+  assert m["n_train"] == 80000 and m["n_test"] == 20000
+  assert m["n_fit"] + m["n_valid"] == 80000 and m["n_valid"] > 0
+  assert m["test_rmse"] < 0.95, m["test_rmse"]
+  cfg = json.loads((tmp_path / "config.json").read_text())
+  assert cfg["epochs"] == 40 and cfg["layers"] == [500]
+  # a second run into the same workdir without --resume is refused, cleanly
+  again = subprocess.run(
+      [sys.executable, "experiments/train.py", "--preset=autorec", f"--data_dir={data_dir}",
+       "--epochs=40", f"--workdir={tmp_path}"], capture_output=True, text=True)
+  assert again.returncode == 2 and "--resume" in again.stderr
+  assert "Traceback" not in again.stderr
