@@ -360,3 +360,61 @@ def test_data_info_ml100k_u1(data_dir):
   assert out["split"]["n_test"] == 20_000
   assert out["split"]["n_test_dropped"] == 0
   assert len(out["files"]) == 4
+
+
+def test_fake_ml1m_and_ml10m(tmp_path):
+  folder = tmp_path / "ml-1m"
+  folder.mkdir()
+  (folder / "ratings.dat").write_text(
+      "1::20::5::978300760\n1::10::3::978302109\n6::10::4::978301968\n")
+  (folder / "movies.dat").write_bytes(
+      "10::Star Wars: Episode IV (1977)::Action|Sci-Fi\n"
+      "20::Misérables, Les (1995)::Drama\n"
+      "30::Unrated (2000)::Action\n".encode("latin-1"))
+  (folder / "users.dat").write_text("1::F::1::10::48067\n6::M::56::16::70072\n")
+  ds = load_dataset("ml-1m", tmp_path)
+  assert (ds.n_users, ds.n_items, len(ds.ratings)) == (2, 3, 3)
+  assert ds.genres == ("Action", "Drama", "Sci-Fi")
+  assert ds.items_info["title"].tolist()[:2] == [
+      "Star Wars: Episode IV (1977)", "Misérables, Les (1995)"]
+  assert ds.items_info["year"].tolist() == [1977, 1995, 2000]
+  assert ds.items_info["Sci-Fi"].tolist() == [1, 0, 0]
+  assert ds.users_info["occupation"].tolist() == ["K-12 student",
+                                                  "self-employed"]
+  assert ds.users_info["gender"].tolist() == ["F", "M"]
+  (folder / "ratings.dat").write_text("1::20::5::978300760\n1::10:3::97\n")
+  msg = _error(load_dataset, "ml-1m", tmp_path)
+  assert "ratings.dat, line 2" in msg and "'::'" in msg
+  # ML-10M: half stars, no users.dat, folder may be called ml-10M100K.
+  folder10 = tmp_path / "ml-10M100K"
+  folder10.mkdir()
+  (folder10 / "ratings.dat").write_text("5::10::4.5::1\n5::20::0.5::2\n")
+  (folder10 / "movies.dat").write_text(
+      "10::A (1990)::(no genres listed)\n20::B (1991)::Comedy\n")
+  ds = load_dataset("ml-10m", tmp_path)
+  assert ds.ratings.ratings.tolist() == [4.5, 0.5] and ds.users_info is None
+  assert ds.genres == ("Comedy",) and ds.rating_scale == (0.5, 5.0)
+
+
+def test_fake_ml25m_csv(tmp_path):
+  folder = tmp_path / "ml-25m"
+  folder.mkdir()
+  (folder / "ratings.csv").write_bytes(
+      b"userId,movieId,rating,timestamp\r\n1,2,3.5,5\r\n1,1,4.0,6\r\n")
+  (folder / "movies.csv").write_text(
+      'movieId,title,genres\r\n1,"American President, The (1995)",'
+      'Comedy|Drama|Romance\r\n2,Sherlock (2010\u20132017),Crime\r\n',
+      encoding="utf-8")
+  ds = load_dataset("ml-25m", tmp_path)
+  assert ds.items_info["title"][0] == "American President, The (1995)"
+  assert ds.items_info["year"].tolist() == [1995, 2010]
+  assert ds.ratings.items.tolist() == [1, 0]
+  (folder / "ratings.csv").write_text("1,2,3.5,5\n1,1,4.0,6\n")  # no header
+  assert len(load_dataset("ml-25m", tmp_path).ratings) == 2
+  (folder / "ratings.csv").write_text("1,2,3.5,5\n1,1,5.5,6\n")
+  msg = _error(load_dataset, "ml-25m", tmp_path)
+  assert "line 2" in msg and "[0.5, 5]" in msg
+  (folder / "ratings.csv").write_text("1,2,3.5,5\n1,1,4.5,6\n")
+  (folder / "movies.csv").write_bytes(b"movieId,title,genres\n1,A\xe9,X\n")
+  msg = _error(load_dataset, "ml-25m", tmp_path)
+  assert "movies.csv, line 2" in msg and "0xe9" in msg

@@ -559,6 +559,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
     return _load_generic(name, duplicates)
   folder = _download.resolve_dataset_dir(name, data_dir, download=download)
   path, fmt = _ratings_path(name, folder)
+  _require_file(path, f"{name} ratings")
+  # Sniff the header rather than trusting it: skipping a missing header would
+  # silently drop the first rating.
+  fmt = sniff_format(path, sep=fmt.sep, n_fields=fmt.n_fields,
+                     encoding=fmt.encoding)
   scale = RATING_SCALES[name]
   df, first = read_ratings_file(path, fmt, scale=scale,
                                 what=f"{name} ratings")
