@@ -1,0 +1,435 @@
+"""Use a trained autoencoder: predictions, top-N lists, embeddings, similar items.
+
+    rec = recommend.from_workdir("runs/autorec")        # or from_restored(...)
+    recommend.predict_users(rec, users_U)                # [U, I] ratings, jitted
+    recommend.recommend(rec, user_id=1, k=10)            # DataFrame + cold-start note
+    recommend.top_n(rec, users_U, k)                     # all users, lax.top_k blocks
+    emb = recommend.item_embeddings(rec)                 # [I, D] bottleneck codes
+    recommend.similar_items(rec, emb, "Liar Liar", k=10)
+    recommend.evaluate(rec, ks=(10,))                    # ranking metrics on test
+
+Orientation. A user-oriented model (U-AutoRec) reconstructs a user's row
+directly. An item-oriented one (I-AutoRec) reconstructs each item's column of
+users, so a user's row is read off the full item x user output, computed once
+in blocks and cached (dense U x I: fine for MovieLens-sized catalogues).
+
+Embeddings. The row entity's embedding is its bottleneck code (the encoder of
+its training rating vector; S2's 128-d item codes). The column entity's
+embedding is its column of the last decoder kernel: for AutoRec
+(r̂_iu = g(code_i) · V[:, u] + b_u) that is exactly the vector its code is
+dotted with; in deeper nets it lives in the last hidden layer's space.
+
+Ranking uses the raw (unclipped) outputs, so 5-star predictions are not all
+tied; displayed ratings are clipped to the rating scale. Only items with at
+least one training rating are recommended (the model never learned the
+others), and items the user rated in training are excluded. A user with no
+training rating is a cold start: they get the most popular items (most
+training ratings) and `Recommendation.cold_start` says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import pathlib
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from recae_jax import ranking
+from recae_jax.config import Config
+from recae_jax.data import sparse
+from recae_jax.data.types import Dataset, Ratings
+from recae_jax.errors import UserError
+from recae_jax.models import AutoEncoder
+from recae_jax.restore import Restored, load_workdir
+from recae_jax.train import RowData
+
+
+@dataclasses.dataclass
+class Recommender:
+  config: Config
+  dataset: Dataset
+  model: AutoEncoder
+  params: Any
+  data: RowData            # the model's input rows, built from train + validation
+  seen: Ratings            # train + validation ratings (what the user "has rated")
+  test: Ratings
+  seen_rows: sparse.RowSource  # user rows marking seen items
+  n_train_U: np.ndarray    # training ratings per user
+  n_train_I: np.ndarray    # training ratings per item
+  mean_I: np.ndarray       # training mean rating per item (cold-start display)
+  _table_UxI: Optional[jax.Array] = None
+
+  @property
+  def n_users(self) -> int:
+    return self.seen.n_users
+
+  @property
+  def n_items(self) -> int:
+    return self.seen.n_items
+
+  @property
+  def candidates_I(self) -> np.ndarray:
+    return self.n_train_I > 0
+
+
+def from_restored(r: Restored) -> Recommender:
+  seen = r.split.train if r.split.valid is None else r.split.train.concat(r.split.valid)
+  n_u = np.bincount(seen.users, minlength=seen.n_users)
+  n_i = np.bincount(seen.items, minlength=seen.n_items)
+  s_i = np.bincount(seen.items, weights=seen.ratings, minlength=seen.n_items)
+  return Recommender(
+      config=r.config, dataset=r.dataset, model=r.model, params=r.params,
+      data=r.problem.full_data, seen=seen, test=r.split.test,
+      seen_rows=ranking.seen_source(seen, r.config.dense_budget_mb << 20),
+      n_train_U=n_u, n_train_I=n_i,
+      mean_I=(s_i / np.maximum(n_i, 1)).astype(np.float32))
+
+
+def from_workdir(workdir) -> Recommender:
+  return from_restored(load_workdir(workdir))
+
+
+# ------------------------------------------------------------ prediction
+
+@functools.partial(jax.jit, static_argnames=("model", "div"))
+def _apply_blocks(model: AutoEncoder, div: float, params, data: RowData, rows_KxB):
+  def body(_, rows_B):
+    v_BxN, m_BxN, side = data.batch(rows_B)
+    return None, model.apply({"params": params}, v_BxN / div, m_BxN, side) * div
+  _, out = jax.lax.scan(body, None, rows_KxB)
+  return out.reshape(-1, out.shape[-1])
+
+
+def _item_table(rec: Recommender) -> jax.Array:
+  """[U, I] raw predictions of an item-oriented model, computed once."""
+  if rec._table_UxI is None:
+    rows = np.arange(rec.n_items, dtype=np.int32)
+    out = _apply_blocks(rec.model, float(rec.config.rating_divisor), rec.params,
+                        rec.data, ranking._blocks(rows, rec.config.eval_batch_size,
+                                                  rec.n_items))
+    rec._table_UxI = out[: rec.n_items].T
+  return rec._table_UxI
+
+
+@dataclasses.dataclass(frozen=True)
+class _AEScorer:
+  """score_fn for `ranking`: raw model outputs, popularity for cold users."""
+  model: AutoEncoder
+  div: float
+  user_rows: bool
+
+  def __call__(self, ctx, rows_B):
+    if self.user_rows:
+      v_BxN, m_BxN, side = ctx["data"].batch(rows_B)
+      s_BxI = self.model.apply({"params": ctx["params"]}, v_BxN / self.div, m_BxN,
+                               side) * self.div
+    else:
+      s_BxI = ctx["table"][rows_B]
+    cold_B = ctx["cold_U"][jnp.minimum(rows_B, ctx["cold_U"].shape[0] - 1)]
+    return jnp.where(cold_B[:, None], ctx["pop_I"][None, :], s_BxI)
+
+
+def _scorer(rec: Recommender) -> tuple[_AEScorer, dict]:
+  user_rows = rec.config.orientation == "user"
+  ctx = {"cold_U": jnp.asarray(rec.n_train_U == 0),
+         "pop_I": jnp.asarray(rec.n_train_I, jnp.float32)}
+  if user_rows:
+    ctx.update(params=rec.params, data=rec.data)
+  else:
+    ctx["table"] = _item_table(rec)
+  return _AEScorer(rec.model, float(rec.config.rating_divisor), user_rows), ctx
+
+
+def predict_users(rec: Recommender, users: Sequence[int], clip: bool = True,
+                  block_size: int = 256) -> np.ndarray:
+  """[len(users), I] predicted ratings (user indices, not ids) for every item."""
+  users = np.asarray(users, np.int32)
+  if rec.config.orientation == "user":
+    out = _apply_blocks(rec.model, float(rec.config.rating_divisor), rec.params,
+                        rec.data, ranking._blocks(users, block_size, rec.n_users))
+    out = out[: len(users)]
+  else:
+    out = _item_table(rec)[jnp.asarray(users)]
+  out = np.asarray(out)
+  if clip:
+    lo, hi = rec.dataset.rating_scale
+    out = np.clip(out, lo, hi)
+  return out
+
+
+# ------------------------------------------------------------ top-N
+
+def check_k(k: int, n_catalogue: int) -> None:
+  if k <= 0:
+    raise UserError(f"--k={k} must be positive")
+  if k > n_catalogue:
+    raise UserError(f"--k={k} is larger than the catalogue ({n_catalogue} "
+                    f"recommendable items)")
+
+
+def top_n(rec: Recommender, users: Optional[Sequence[int]] = None, k: int = 10,
+          block_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+  """(item indices [U, k], raw scores [U, k]) for user indices (default all),
+  excluding items each user rated in training; vectorized over user blocks."""
+  check_k(k, int(rec.candidates_I.sum()))
+  users = np.arange(rec.n_users, dtype=np.int32) if users is None else np.asarray(
+      users, np.int32)
+  fn, ctx = _scorer(rec)
+  return ranking.top_k(fn, ctx, users, k, exclude=rec.seen_rows,
+                       candidates_I=rec.candidates_I, n_items=rec.n_items,
+                       pad_row=rec.n_users, block_size=block_size)
+
+
+def user_index(dataset: Dataset, user_id) -> int:
+  """Index of an original user id; UserError if unknown."""
+  try:
+    uid = int(str(user_id).strip())
+  except ValueError:
+    raise UserError(f"user id {user_id!r} is not an integer") from None
+  ids = np.asarray(dataset.user_ids)
+  pos = np.flatnonzero(ids == uid)
+  if len(pos) == 0:
+    raise UserError(f"unknown user id {uid} in {dataset.name} (ids run from "
+                    f"{ids.min()} to {ids.max()}, {len(ids)} users)")
+  return int(pos[0])
+
+
+@dataclasses.dataclass
+class Recommendation:
+  user_id: int
+  items: pd.DataFrame      # rank, movie_id, title, predicted_rating, score
+  cold_start: bool
+  note: str
+
+  def to_json(self) -> dict:
+    return {"user_id": self.user_id, "cold_start": self.cold_start,
+            "note": self.note, "items": self.items.to_dict(orient="records")}
+
+
+def _titles(dataset: Dataset) -> np.ndarray:
+  if dataset.items_info is not None and "title" in dataset.items_info:
+    return dataset.items_info["title"].astype(str).to_numpy()
+  return np.array([str(i) for i in dataset.item_ids])
+
+
+def recommend(rec: Recommender, user_id, k: int = 10) -> Recommendation:
+  """Top-k unseen movies for one user (original id), with titles."""
+  u = user_index(rec.dataset, user_id)
+  idx, score = top_n(rec, [u], k)
+  idx, score = idx[0], score[0]
+  cold = bool(rec.n_train_U[u] == 0)
+  lo, hi = rec.dataset.rating_scale
+  if cold:
+    pred = rec.mean_I[idx]
+    note = (f"user {user_id} has no training ratings (cold start): showing the "
+            f"{k} most-rated movies; predicted_rating is each movie's mean rating")
+  else:
+    pred = np.clip(score, lo, hi)
+    note = (f"user {user_id}: {int(rec.n_train_U[u])} training ratings excluded; "
+            f"top {k} of {int(rec.candidates_I.sum())} movies")
+  items = pd.DataFrame({
+      "rank": np.arange(1, len(idx) + 1),
+      "movie_id": np.asarray(rec.dataset.item_ids)[idx].astype(int),
+      "title": _titles(rec.dataset)[idx],
+      "predicted_rating": np.round(pred.astype(float), 3),
+      "score": np.round(score.astype(float), 4)})
+  return Recommendation(int(rec.dataset.user_ids[u]), items, cold, note)
+
+
+# ------------------------------------------------------------ embeddings
+
+@functools.partial(jax.jit, static_argnames=("model", "div"))
+def _encode_blocks(model: AutoEncoder, div: float, params, data: RowData, rows_KxB):
+  def body(_, rows_B):
+    v_BxN, m_BxN, side = data.batch(rows_B)
+    return None, model.apply({"params": params}, v_BxN / div, m_BxN, side,
+                             return_code=True)
+  _, out = jax.lax.scan(body, None, rows_KxB)
+  return out.reshape(-1, out.shape[-1])
+
+
+def _last_decoder_kernel(rec: Recommender) -> np.ndarray:
+  names = sorted((k for k in rec.params if k.startswith("dec_") and
+                  k.endswith("_kernel")), key=lambda k: int(k.split("_")[1]))
+  if not names:  # tied decoder: the transposed first encoder kernel
+    return np.asarray(rec.params["enc_0_kernel"]).T[:, : rec.model.n_outputs]
+  return np.asarray(rec.params[names[-1]])
+
+
+def row_codes(rec: Recommender, block_size: int = 512) -> np.ndarray:
+  """Bottleneck codes of every model row (items or users), [R, D]."""
+  n = rec.data.n_rows
+  out = _encode_blocks(rec.model, float(rec.config.rating_divisor), rec.params,
+                       rec.data, ranking._blocks(np.arange(n), block_size, n))
+  return np.asarray(out[:n])
+
+
+def item_embeddings(rec: Recommender) -> np.ndarray:
+  """[I, D]: codes (item-oriented) or output-kernel columns (user-oriented)."""
+  if rec.config.orientation == "item":
+    return row_codes(rec)
+  return _last_decoder_kernel(rec).T.copy()
+
+
+def user_embeddings(rec: Recommender) -> np.ndarray:
+  """[U, D]: codes (user-oriented) or output-kernel columns (item-oriented)."""
+  if rec.config.orientation == "user":
+    return row_codes(rec)
+  return _last_decoder_kernel(rec).T.copy()
+
+
+def export_embeddings(path, emb_NxD: np.ndarray, frame: pd.DataFrame) -> list[pathlib.Path]:
+  """Writes PATH.npy (float32) and PATH.csv (one row per embedding row, same
+  order), and PATH.parquet (ids + embedding columns) when pyarrow is present."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if len(frame) != len(emb_NxD):
+    raise ValueError("frame and embeddings differ in length")
+  written = [path.with_suffix(".npy"), path.with_suffix(".csv")]
+  np.save(written[0], emb_NxD.astype(np.float32))
+  frame.to_csv(written[1], index=False)
+  try:
+    import pyarrow  # noqa: F401
+  except ImportError:
+    return written
+  full = frame.copy()
+  for j in range(emb_NxD.shape[1]):  # columns, not rows: a few hundred at most
+    full[f"e{j}"] = emb_NxD[:, j].astype(np.float32)
+  full.to_parquet(path.with_suffix(".parquet"), index=False)
+  return written + [path.with_suffix(".parquet")]
+
+
+def item_frame(rec: Recommender) -> pd.DataFrame:
+  return pd.DataFrame({"index": np.arange(rec.n_items),
+                       "movie_id": np.asarray(rec.dataset.item_ids),
+                       "title": _titles(rec.dataset),
+                       "n_train_ratings": rec.n_train_I,
+                       "primary_genre": primary_genres(rec.dataset)})
+
+
+def user_frame(rec: Recommender) -> pd.DataFrame:
+  return pd.DataFrame({"index": np.arange(rec.n_users),
+                       "user_id": np.asarray(rec.dataset.user_ids),
+                       "n_train_ratings": rec.n_train_U})
+
+
+def primary_genres(dataset: Dataset) -> np.ndarray:
+  """Each movie's first listed genre (skipping 'unknown' when another is set)."""
+  info, genres = dataset.items_info, [g for g in dataset.genres]
+  if info is None or not genres:
+    return np.full(dataset.n_items, "unknown", dtype=object)
+  g_IxG = info[genres].to_numpy(np.float32) > 0
+  if "unknown" in genres:
+    j = genres.index("unknown")
+    g_IxG[:, j] &= g_IxG.sum(axis=1) == 1
+  first = np.argmax(g_IxG, axis=1)
+  return np.where(g_IxG.any(axis=1), np.asarray(genres, dtype=object)[first],
+                  "unknown")
+
+
+def pca_2d(x_NxD: np.ndarray) -> np.ndarray:
+  """First two principal components (float64 SVD on the centred data)."""
+  x = np.asarray(x_NxD, np.float64)
+  x = x - x.mean(axis=0)
+  if x.shape[1] <= 2:
+    return np.pad(x, ((0, 0), (0, 2 - x.shape[1])))
+  _, _, vt = np.linalg.svd(x, full_matrices=False)
+  return x @ vt[:2].T
+
+
+# ------------------------------------------------------------ similar items
+
+def cosine_scores(e_IxD: jax.Array, rows_B: jax.Array) -> jax.Array:
+  """Cosine similarity of query rows to every row (unit rows), self = -inf."""
+  s_BxI = e_IxD[rows_B] @ e_IxD.T
+  return jnp.where(jnp.arange(e_IxD.shape[0])[None, :] == rows_B[:, None],
+                   -jnp.inf, s_BxI)
+
+
+def find_item(dataset: Dataset, query) -> int:
+  """Index of a movie given by id (an integer) or by title: exact
+  (case-insensitive) match first, else a unique case-insensitive substring."""
+  text = str(query).strip()
+  ids = np.asarray(dataset.item_ids)
+  if text.lstrip("+-").isdigit():
+    pos = np.flatnonzero(ids == int(text))
+    if len(pos):
+      return int(pos[0])
+    raise UserError(f"unknown movie id {text} in {dataset.name}")
+  if not text:
+    raise UserError("empty movie title")
+  titles = _titles(dataset)
+  lower = pd.Series(titles).str.lower()
+  exact = np.flatnonzero((lower == text.lower()).to_numpy())
+  if len(exact) == 1:
+    return int(exact[0])
+  hits = exact if len(exact) else np.flatnonzero(
+      lower.str.contains(text.lower(), regex=False).to_numpy())
+  if len(hits) == 1:
+    return int(hits[0])
+
+  def show(ix):
+    return "; ".join(f"{titles[i]} (id {ids[i]})" for i in ix[:10]) + (
+        f"; ... {len(ix) - 10} more" if len(ix) > 10 else "")
+  if len(hits) > 1:
+    raise UserError(f"movie {text!r} is ambiguous, {len(hits)} titles match: "
+                    f"{show(hits)}; give more of the title or --movie=ID")
+  close = difflib.get_close_matches(text.lower(), lower.tolist(), n=5, cutoff=0.5)
+  near = np.flatnonzero(lower.isin(close).to_numpy())
+  hint = f"; did you mean: {show(near)}" if len(near) else ""
+  raise UserError(f"no movie title contains {text!r} in {dataset.name}{hint}")
+
+
+def similar_to(emb_IxD: np.ndarray, items: Sequence[int], k: int,
+               valid_I: Optional[np.ndarray] = None,
+               block_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+  """(indices [Q, k], cosine [Q, k]) of each query item's k nearest items,
+  blocked over queries; rows with `valid_I` False are never returned."""
+  e = jnp.asarray(emb_IxD, jnp.float32)
+  e = e / jnp.maximum(jnp.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+  n = e.shape[0]
+  return ranking.top_k(cosine_scores, e, np.asarray(items, np.int32), k,
+                       candidates_I=valid_I, n_items=n, pad_row=n - 1,
+                       block_size=block_size)
+
+
+def similar_items(rec: Recommender, emb_IxD: np.ndarray, movie, k: int = 10
+                  ) -> tuple[int, pd.DataFrame]:
+  """(query index, table of the k most similar movies) by embedding cosine.
+  Movies with no training rating share one uninformative code and are skipped."""
+  q = find_item(rec.dataset, movie)
+  valid = rec.candidates_I.copy()
+  valid[q] = False
+  check_k(k, int(valid.sum()))
+  idx, sim = similar_to(emb_IxD, [q], k, valid)
+  table = pd.DataFrame({
+      "rank": np.arange(1, k + 1),
+      "movie_id": np.asarray(rec.dataset.item_ids)[idx[0]].astype(int),
+      "title": _titles(rec.dataset)[idx[0]],
+      "cosine": np.round(sim[0].astype(float), 4),
+      "n_train_ratings": rec.n_train_I[idx[0]]})
+  return q, table
+
+
+# ------------------------------------------------------------ evaluation
+
+def evaluate(rec: Recommender, ks: Sequence[int] = (10,), threshold: float = 4.0,
+             block_size: int = 256) -> dict:
+  """Ranking metrics on the test split: relevant = test rating >= threshold,
+  excluding the items each user rated in train/validation."""
+  fn, ctx = _scorer(rec)
+  relevant = ranking.relevance_source(rec.test, threshold,
+                                      rec.config.dense_budget_mb << 20)
+  users = np.unique(rec.test.users[rec.test.ratings >= threshold])
+  out = ranking.evaluate_ranking(
+      fn, ctx, users, relevant=relevant, exclude=rec.seen_rows,
+      candidates_I=rec.candidates_I, n_items=rec.n_items, pad_row=rec.n_users,
+      ks=ks, block_size=block_size)
+  out["relevance_threshold"] = threshold
+  return out
