@@ -31,3 +31,76 @@ def plot_training_curves(runs: dict[str, list[dict]], path) -> pathlib.Path:
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
+
+
+def _save(fig, path) -> pathlib.Path:
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def plot_pred_vs_actual(pred, actual, path, title: str = "") -> pathlib.Path:
+  """Histograms of predicted ratings per actual rating (test pairs)."""
+  import numpy as np
+  pred, actual = np.asarray(pred, float), np.asarray(actual, float)
+  fig, (ax_h, ax_b) = plt.subplots(1, 2, figsize=(10, 4))
+  bins = np.linspace(min(pred.min(), actual.min()) - 0.25,
+                     max(pred.max(), actual.max()) + 0.25, 40)
+  ax_h.hist(actual, bins=bins, alpha=0.5, label="actual")
+  ax_h.hist(pred, bins=bins, alpha=0.5, label="predicted")
+  ax_h.set(xlabel="rating", ylabel="pairs", title=title or "predicted vs actual")
+  ax_h.legend(fontsize=8)
+  levels = np.unique(actual)
+  if len(levels) <= 12:  # per-star box plot (10 half-star levels at most)
+    ax_b.boxplot([pred[actual == v] for v in levels], showfliers=False)
+    ax_b.set_xticks(range(1, len(levels) + 1), [f"{v:g}" for v in levels])
+  else:
+    ax_b.scatter(actual, pred, s=2, alpha=0.3)
+  ax_b.set(xlabel="actual rating", ylabel="predicted rating",
+           title="predicted rating by actual rating")
+  for ax in (ax_h, ax_b):
+    ax.grid(alpha=0.3)
+  return _save(fig, path)
+
+
+def plot_reconstruction(original, reconstructed, path, title: str,
+                        xlabel: str = "position") -> pathlib.Path:
+  """S0-style: one user's (or movie's) observed ratings and the model's
+  reconstruction of them, side by side."""
+  import numpy as np
+  original = np.asarray(original, float)
+  reconstructed = np.asarray(reconstructed, float)
+  x = np.arange(len(original))
+  fig, ax = plt.subplots(figsize=(max(6, min(16, 0.12 * len(x) + 4)), 4))
+  ax.plot(x, original, "o", ms=4, label="original")
+  ax.plot(x, reconstructed, "x", ms=4, label="reconstructed")
+  ax.vlines(x, original, reconstructed, colors="grey", alpha=0.3, lw=0.8)
+  ax.set(xlabel=xlabel, ylabel="rating", title=title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def plot_embedding_2d(xy_Nx2, labels, path, title: str,
+                      annotate: dict | None = None) -> pathlib.Path:
+  """Scatter of 2-D item embeddings coloured by label (e.g. primary genre);
+  `annotate` maps row index -> text for a few points."""
+  import numpy as np
+  xy = np.asarray(xy_Nx2, float)
+  labels = np.asarray(labels, dtype=object)
+  names, counts = np.unique(labels, return_counts=True)
+  names = names[np.argsort(-counts)]
+  fig, ax = plt.subplots(figsize=(9, 7))
+  cmap = plt.get_cmap("tab20")
+  for j, name in enumerate(names):
+    m = labels == name
+    ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.6, color=cmap(j % 20), label=str(name))
+  for i, text in (annotate or {}).items():
+    ax.annotate(text, xy[i], fontsize=7)
+  ax.set(title=title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, markerscale=2, ncol=2, loc="best")
+  return _save(fig, path)
