@@ -20,12 +20,17 @@ cfg_flags.define_config_flags()
 flags.DEFINE_string("workdir", None, "output directory for this run", required=True)
 flags.adopt_module_key_flags(cfg_flags)
 flags.DEFINE_bool("resume", False, "continue the run in --workdir from its last checkpoint")
+flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first (multi-host; "
+                  "coordinator/process ids from the cluster environment or JAX_* variables)")
 
 
 @run_main
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if flags.FLAGS.distributed:
+    import jax
+    jax.distributed.initialize()
   config = cfg_flags.config_from_flags()
   train_and_evaluate(config, flags.FLAGS.workdir, resume=flags.FLAGS.resume)
 

@@ -42,6 +42,7 @@ class Config:
   input_noise: float = 0.0         # denoising: Gaussian noise std on observed inputs
   tied: bool = False               # decoder kernels = encoder kernels transposed
   side_features: tuple[str, ...] = ()
+  side_scaling: str = "none"       # "standardize": z-score side columns on training rows
   rating_divisor: float = 1.0      # model sees rating / divisor (S0 used 5)
   # --- loss ---
   loss_denominator: str = "observed"  # "observed": Σm; "all": B x N (S3's MSELoss)
@@ -65,6 +66,8 @@ class Config:
   dense_refeeding: int = 0         # DeepRecommender's extra updates on f(x)
   checkpoint_every: int = 10
   dense_budget_mb: int = 1024      # whole matrix on device if it fits, else CSR
+  data_parallel: int = 0           # devices on the mesh's 'data' axis; 0 = all left
+  model_parallel: int = 1          # devices splitting the N-wide layers ('model' axis)
   eval_batch_size: int = 512
   fallback: str = "item_user_global"  # prediction for pairs with no training data
   # --- ensemble / blend (the `best` preset) ---
@@ -91,10 +94,12 @@ class Config:
     for f in self.side_features:
       if f not in SIDE_FEATURES:
         bad("side_features", f"unknown {f!r}; choose from {', '.join(SIDE_FEATURES)}")
+    if self.side_scaling not in ("none", "standardize"):
+      bad("side_scaling", "must be 'none' or 'standardize'")
     if self.loss_denominator not in ("observed", "all"):
       bad("loss_denominator", "must be 'observed' or 'all'")
     for name in ("batch_size", "epochs", "checkpoint_every", "eval_batch_size",
-                 "ensemble", "dense_budget_mb"):
+                 "ensemble", "dense_budget_mb", "model_parallel"):
       if getattr(self, name) <= 0:
         bad(name, f"must be positive, got {getattr(self, name)}")
     for name in ("learning_rate", "rating_divisor"):
@@ -106,7 +111,7 @@ class Config:
     if not 0 <= self.valid_fraction < 1:
       bad("valid_fraction", f"must be in [0, 1), got {self.valid_fraction}")
     for name in ("l2", "weight_decay", "input_noise", "grad_clip", "patience",
-                 "dense_refeeding"):
+                 "dense_refeeding", "data_parallel"):
       if getattr(self, name) < 0:
         bad(name, f"must be >= 0, got {getattr(self, name)}")
     if self.fallback not in ("item_user_global", "global"):
@@ -138,7 +143,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "s1_deep_ae": dict(dataset="ml-latest-small", split="time", time_quantile=0.98,
                        orientation="user", layers=(512, 512, 1024), activation="relu",
                        optimizer="adam", learning_rate=1e-3, batch_size=128,
-                       epochs=40),
+                       epochs=40, valid_fraction=0.0),
     # S3: stacked sigmoid AE, one user per step, RMSprop + coupled weight decay,
     # gradients never zeroed (see README), MSELoss averaged over all columns.
     "s3_sae": dict(orientation="user", layers=(20, 10), activation="sigmoid",
@@ -151,6 +156,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                        accumulate_gradients=True, loss_denominator="all",
                        batch_size=1, epochs=200, valid_fraction=0.0, shuffle=False,
                        side_features=("genre_counts", "user_attributes")),
+    # S1 with a validation carve-out, early stopping and dropout on the code.
+    "s1_deep_ae_improved": dict(dataset="ml-latest-small", split="time",
+                                time_quantile=0.98, orientation="user",
+                                layers=(512, 512, 1024), activation="relu",
+                                optimizer="adam", learning_rate=1e-3, batch_size=128,
+                                epochs=100, patience=15, dropout=0.5),
     # S3/S4 with the quirk removed and honest settings (the improved variants).
     "s3_sae_improved": dict(orientation="user", layers=(20, 10), activation="sigmoid",
                             optimizer="adam", learning_rate=1e-3, l2=1e-4,
@@ -159,10 +170,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                                 activation="sigmoid", optimizer="adam",
                                 learning_rate=1e-3, l2=1e-4, batch_size=16,
                                 epochs=200, patience=20,
-                                side_features=("genre_counts", "user_attributes")),
+                                side_features=("genre_counts", "user_attributes"),
+                                side_scaling="standardize"),
 }
 # The project's most accurate rating model (see README "What helped").
-PRESETS["best"] = dict(PRESETS["autorec"], ensemble=5, blend_uautorec=True)
+PRESETS["best"] = dict(PRESETS["autorec"], ensemble=5, blend_uautorec=True,
+                       blend_knn=True)
 
 
 def make_config(preset: Optional[str] = None, **overrides) -> Config:

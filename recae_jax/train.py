@@ -27,6 +27,7 @@ import optax
 
 from recae_jax import checkpoint as ckpt_lib
 from recae_jax import losses
+from recae_jax import sharding
 from recae_jax.config import Config
 from recae_jax.data import sparse
 from recae_jax.data.types import Ratings
@@ -125,12 +126,12 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransf
 # --------------------------------------------------------------- pure steps
 
 def make_train_step(model: AutoEncoder, tx: optax.GradientTransformation,
-                    config: Config) -> Callable:
+                    config: Config, mesh=None) -> Callable:
   """Returns pure `train_step(state, rows_B, data) -> (state, (loss, sse, count))`.
 
   `rows_B` are row ids; id `data.n_rows` is a padding row with weight 0.
   Jit it with `jax.jit(step, donate_argnums=0)` to use it on its own; the
-  epoch function scans it.
+  epoch function scans it. With a `mesh`, the batch is split over 'data'.
   """
   div = config.rating_divisor
   l2 = config.l2
@@ -157,8 +158,10 @@ def make_train_step(model: AutoEncoder, tx: optax.GradientTransformation,
     return optax.apply_updates(state.params, updates), opt_state
 
   def train_step(state: TrainState, rows_B, data: RowData):
+    rows_B = sharding.constrain_batch(mesh, rows_B)
     w_B = (rows_B < data.n_rows).astype(jnp.float32)
-    v_BxN, m_BxN, side = data.batch(rows_B)
+    v_BxN, m_BxN, side = jax.tree.map(functools.partial(sharding.constrain_batch, mesh),
+                                      data.batch(rows_B))
     rng = jax.random.fold_in(state.rng, state.step)
     (loss, (sse, count)), grads = grad_fn(state.params, v_BxN, m_BxN, w_B, side, rng)
     params, opt_state = apply_grads(state, grads)
@@ -179,11 +182,11 @@ def make_train_step(model: AutoEncoder, tx: optax.GradientTransformation,
 
 
 def make_train_epoch(model: AutoEncoder, tx: optax.GradientTransformation,
-                     config: Config, batch_size: int) -> Callable:
+                     config: Config, batch_size: int, mesh=None) -> Callable:
   """Returns jitted `train_epoch(state, data) -> (state, metrics)`: one call,
   a `lax.scan` of `train_step` over a shuffled, padded [K, B] grid of rows."""
   div = config.rating_divisor
-  train_step = make_train_step(model, tx, config)
+  train_step = make_train_step(model, tx, config, mesh)
 
   @functools.partial(jax.jit, donate_argnums=0)
   def train_epoch(state: TrainState, data: RowData):
@@ -204,7 +207,7 @@ def make_train_epoch(model: AutoEncoder, tx: optax.GradientTransformation,
 
 
 def make_evaluate(model: AutoEncoder, config: Config,
-                  rating_scale: tuple[float, float]) -> Callable:
+                  rating_scale: tuple[float, float], mesh=None) -> Callable:
   """Returns jitted `evaluate(params, data, blocks, target, fb_mask, fb_value)`.
 
   Predicts every pair (clipped to the rating scale), substitutes fallbacks,
@@ -220,7 +223,8 @@ def make_evaluate(model: AutoEncoder, config: Config,
 
     def block(_, xs):
       rows_B, local_P, cols_P = xs
-      v_BxN, m_BxN, side = data.batch(rows_B)
+      v_BxN, m_BxN, side = jax.tree.map(functools.partial(sharding.constrain_batch, mesh),
+                                        data.batch(sharding.constrain_batch(mesh, rows_B)))
       out_BxN = model.apply({"params": params}, v_BxN / div, m_BxN, side)
       return None, out_BxN[local_P, cols_P] * div
 
@@ -298,6 +302,9 @@ def _side_matrix(config: Config, dataset, train: Ratings) -> Optional[np.ndarray
       else:
         parts.append(features.user_attributes(dataset))
   side = np.concatenate(parts, axis=1).astype(np.float32)
+  if config.side_scaling == "standardize":
+    # Statistics over all rows: the features themselves come from training data.
+    side = (side - side.mean(0)) / np.maximum(side.std(0), 1e-6)
   return np.concatenate([side, np.zeros((1, side.shape[1]), np.float32)])
 
 
@@ -405,13 +412,22 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
   n_train_rows = int(problem.fit_data.train_rows.shape[0])
   if n_train_rows == 0:
     raise UserError(f"dataset {config.dataset!r} split {config.split!r} has no training ratings")
-  batch_size = min(config.batch_size, n_train_rows)
+  mesh = sharding.make_mesh(config.data_parallel, config.model_parallel)
+  batch_size = config.batch_size if mesh else min(config.batch_size, n_train_rows)
   steps_per_epoch = -(-n_train_rows // batch_size)
   tx = make_optimizer(config, steps_per_epoch)
-  train_epoch = make_train_epoch(model, tx, config, batch_size)
-  evaluate = make_evaluate(model, config, problem.rating_scale)
+  train_epoch = make_train_epoch(model, tx, config, batch_size, mesh)
+  evaluate = make_evaluate(model, config, problem.rating_scale, mesh)
 
   state = init_state(model, tx, problem.fit_data, config.seed)
+  if mesh is not None:
+    sharding.check_divisible(mesh, batch_size, config.eval_batch_size, problem.n_cols,
+                             int(state.params["enc_0_kernel"].shape[0]))
+    problem = dataclasses.replace(
+        problem, fit_data=sharding.replicate(mesh, problem.fit_data),
+        full_data=sharding.replicate(mesh, problem.full_data))
+    state = sharding.shard_state(mesh, state)
+    progress(f"mesh: {dict(mesh.shape)} over {mesh.devices.size} devices")
   best_params = state.params
   meta = {"epoch": 0, "best_epoch": 0, "best_valid_rmse": None, "bad_epochs": 0}
   ckpts = ckpt_lib.Checkpoints(workdir / "checkpoints")
@@ -422,6 +438,9 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
     if restored is not None:
       tree, meta = restored
       state, best_params = tree["state"], tree["best_params"]
+      if mesh is not None:
+        state = sharding.shard_state(mesh, state)
+        best_params = sharding.shard_state(mesh, state.replace(params=best_params)).params
       progress(f"resumed from epoch {meta['epoch']} in {workdir}")
   history = _read_history(history_path, upto=meta["epoch"])
   _write_history(history_path, history)
