@@ -20,8 +20,11 @@ cfg_flags.define_config_flags()
 flags.DEFINE_string("workdir", None, "output directory for this run", required=True)
 flags.adopt_module_key_flags(cfg_flags)
 flags.DEFINE_bool("resume", False, "continue the run in --workdir from its last checkpoint")
-flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first (multi-host; "
-                  "coordinator/process ids from the cluster environment or JAX_* variables)")
+flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first (multi-host); "
+                  "without the three flags below it auto-detects SLURM / Cloud TPU / MPI")
+flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0")
+flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
+flags.DEFINE_integer("process_id", None, "multi-host: this process's id")
 
 
 @run_main
@@ -30,7 +33,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if flags.FLAGS.distributed:
     import jax
-    jax.distributed.initialize()
+    jax.distributed.initialize(flags.FLAGS.coordinator_address,
+                               flags.FLAGS.num_processes, flags.FLAGS.process_id)
   config = cfg_flags.config_from_flags()
   train_and_evaluate(config, flags.FLAGS.workdir, resume=flags.FLAGS.resume)
 

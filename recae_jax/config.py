@@ -64,6 +64,7 @@ class Config:
   epochs: int = 100
   patience: int = 0                # early stop after N epochs w/o val gain; 0 = off
   dense_refeeding: int = 0         # DeepRecommender's extra updates on f(x)
+  refit: bool = False              # after selection, retrain on train+valid for best_epoch epochs
   checkpoint_every: int = 10
   dense_budget_mb: int = 1024      # whole matrix on device if it fits, else CSR
   data_parallel: int = 0           # devices on the mesh's 'data' axis; 0 = all left
@@ -174,7 +175,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                                 side_scaling="standardize"),
 }
 # The project's most accurate rating model (see README "What helped").
-PRESETS["best"] = dict(PRESETS["autorec"], ensemble=5, blend_uautorec=True,
+PRESETS["best"] = dict(PRESETS["autorec"], ensemble=5, refit=True, blend_uautorec=True,
                        blend_knn=True)
 
 

@@ -79,7 +79,7 @@ def train_and_evaluate_ensemble(config: Config, workdir, *, resume: bool = False
       "test": np.mean([m["test"] for m in members], axis=0)}
   if config.blend_uautorec:
     ucfg = make_config("uautorec", **{f: getattr(config, f) for f in _DATA_FIELDS},
-                       seed=config.seed)
+                       seed=config.seed, refit=config.refit)
     progress("== U-AutoRec component")
     components["uautorec"] = _member_run(ucfg, workdir / "members" / "uautorec",
                                          dataset, split, resume, progress)

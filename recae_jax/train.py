@@ -503,8 +503,28 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
   save()
   ckpts.close()
 
+  test_params = best_params
+  if config.refit and problem.valid is not None and meta["best_epoch"] > 0:
+    # Retrain from the same initialisation on the whole training split
+    # (validation ratings included) for the selected number of epochs.
+    progress(f"refit on all {problem.n_train} training ratings for "
+             f"{meta['best_epoch']} epochs")
+    n_full = int(problem.full_data.train_rows.shape[0])
+    refit_batch = config.batch_size if mesh else min(config.batch_size, n_full)
+    refit_tx = make_optimizer(config, -(-n_full // refit_batch))
+    refit_epoch = make_train_epoch(model, refit_tx, config, refit_batch, mesh)
+    refit_state = init_state(model, refit_tx, problem.full_data, config.seed)
+    if mesh is not None:
+      refit_state = sharding.shard_state(mesh, refit_state)
+    for _ in range(meta["best_epoch"]):
+      refit_state, m = refit_epoch(refit_state, problem.full_data)
+    if not np.isfinite(float(m["loss"])):
+      raise TrainingDiverged("the refit on the whole training split diverged; "
+                             "run without --refit")
+    test_params = refit_state.params
+
   t = problem.test
-  pred, ts = evaluate(best_params, problem.full_data, t.blocks, t.target, t.fb_mask,
+  pred, ts = evaluate(test_params, problem.full_data, t.blocks, t.target, t.fb_mask,
                       t.fb_value)
   pred, ts = jax.device_get((pred, ts))
   te = _errors(ts)
@@ -512,7 +532,8 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
       "test_rmse": te["rmse"], "test_mae": te["mae"],
       "test_rmse_user_mean": user_mean_rmse(t.ratings, pred),
       "best_epoch": meta["best_epoch"], "best_valid_rmse": meta["best_valid_rmse"],
-      "epochs_run": meta["epoch"], "n_train": problem.n_train, "n_fit": problem.n_fit,
+      "epochs_run": meta["epoch"], "refit": bool(config.refit and problem.valid is not None),
+      "n_train": problem.n_train, "n_fit": problem.n_fit,
       "n_valid": 0 if problem.valid is None else len(problem.valid.ratings),
       "n_test": len(t.ratings), "n_test_fallback": t.n_fallback,
       "train_seconds": train_seconds, "compile_seconds": compile_seconds,
