@@ -454,6 +454,8 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
   compile_seconds = time.perf_counter() - t0
   epoch_seconds = []
   start_epoch = meta["epoch"]
+  if config.patience and meta["bad_epochs"] >= config.patience:
+    start_epoch = config.epochs  # the resumed run had already stopped early
   t_train = time.perf_counter()
   for epoch in range(start_epoch + 1, config.epochs + 1):
     t = time.perf_counter()
