@@ -1,0 +1,105 @@
+"""The sparse-aware path: same loss and gradients as dense, similar accuracy."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from recae_jax import losses, sparse_autorec as sa, train
+from recae_jax.config import make_config
+from recae_jax.data import sparse
+from recae_jax.models import build_model
+
+
+def _dense_loss(model, config, params, v_BxN, m_BxN, w_B):
+  """The dense engine's loss (train.make_train_step's loss_fn, no dropout)."""
+  x = v_BxN / config.rating_divisor
+  pred = model.apply({"params": params}, x, m_BxN)
+  sse, count = losses.masked_sse(pred, x, m_BxN, w_B)
+  denom = (jnp.maximum(1.0, count) if config.loss_denominator == "observed"
+           else jnp.maximum(1.0, jnp.sum(w_B)) * model.n_outputs)
+  return sse / denom + config.l2 * losses.l2_penalty(params)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(orientation="item", layers=(12,), l2=1e-2),
+    dict(orientation="user", layers=(12, 6), activation="relu", rating_divisor=5.0,
+         loss_denominator="all", output_activation="sigmoid"),
+])
+def test_loss_and_grads_match_dense(tiny, kw):
+  dataset, split = tiny
+  config = make_config("autorec", **kw)
+  csr = sparse.ratings_to_csr(split.train, config.orientation)
+  src = sparse.make_row_source(csr, force="dense")
+  sd = sa.from_csr(csr, batch_size=16, batching="uniform")
+  model = build_model(config, csr.shape[1])
+  tx = train.make_optimizer(config, 1)
+  params = sa.init_state(model, tx, csr.shape[1], 3).params
+  rng = np.random.default_rng(0)
+  for _ in range(3):  # random batches, with padding rows and empty rows
+    rows = rng.choice(csr.shape[0], 16, replace=False).astype(np.int32)
+    rows[rng.random(16) < 0.3] = csr.shape[0]
+    rows_B = jnp.asarray(rows)
+    v, m = src.gather(rows_B)
+    w = (rows_B < csr.shape[0]).astype(jnp.float32)
+    ld, gd = jax.value_and_grad(lambda p: _dense_loss(model, config, p, v, m, w))(params)
+    e = sa.flatten_batch(sd, rows_B)
+    assert float(e.valid_T.sum()) == float(m.sum())  # T bounds the batch
+    ls, gs = jax.value_and_grad(lambda p: sa.sparse_loss(
+        model, config, p, e, jnp.sum(w), 16)[0])(params)
+    np.testing.assert_allclose(float(ls), float(ld), rtol=1e-5)
+    for name in gd:
+      np.testing.assert_allclose(np.asarray(gs[name]), np.asarray(gd[name]),
+                                 rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_init_state_matches_engine(tiny):
+  dataset, split = tiny
+  config = make_config("autorec", layers=(8,))
+  problem = train.build_problem(config, dataset, split)
+  model = build_model(config, problem.n_cols)
+  tx = train.make_optimizer(config, 1)
+  a = train.init_state(model, tx, problem.fit_data, 7)
+  b = sa.init_state(model, tx, problem.n_cols, 7)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_stratified_batches_cover_rows_within_bound(tiny):
+  dataset, split = tiny
+  csr = sparse.ratings_to_csr(split.train, "item")
+  sd = sa.from_csr(csr, batch_size=16, batching="stratified")
+  rows = np.asarray(sa.epoch_rows(sd, jax.random.PRNGKey(1), True))
+  real = rows[rows < sd.n_rows]
+  np.testing.assert_array_equal(np.sort(real), np.flatnonzero(csr.row_lengths() > 0))
+  totals = np.append(csr.row_lengths(), 0)[rows].sum(1)
+  assert totals.max() <= sd.max_entries
+
+
+def test_sparse_training_matches_dense_accuracy(tiny):
+  dataset, split = tiny
+  config = make_config("autorec", layers=(32,), epochs=40, batch_size=16, patience=0,
+                       l2=1e-3, learning_rate=1e-2)
+  problem = train.build_problem(config, dataset, split)
+  dense = sa.fit_and_evaluate(config, problem, "dense")
+  sparse_ = sa.fit_and_evaluate(config, problem, "sparse")
+  assert sparse_["compute"] == "sparse" and dense["compute"] == "dense"
+  mean = float(np.mean(split.train.ratings))
+  baseline = float(np.sqrt(np.mean((split.test.ratings - mean) ** 2)))
+  assert sparse_["test_rmse"] < 0.9 * baseline, (sparse_, dense, baseline)
+  assert abs(sparse_["test_rmse"] - dense["test_rmse"]) < 0.05
+
+
+def test_choose_compute_and_unsupported(tiny):
+  dataset, split = tiny
+  config = make_config("autorec", layers=(8,), batch_size=32)
+  problem = train.build_problem(config, dataset, split)
+  out = sa.choose_compute(config, problem.fit_data, problem.n_cols, repeats=1)
+  assert out["choice"] in ("dense", "sparse")
+  assert out["dense_epoch_seconds"] > 0 and out["sparse_epoch_seconds"] > 0
+  tied = dataclasses.replace(config, tied=True)
+  assert sa.choose_compute(tied, problem.fit_data, problem.n_cols)["choice"] == "dense"
