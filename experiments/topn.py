@@ -67,8 +67,9 @@ def main(argv):
     raise UserError("--autoencoders needs --workdir (they checkpoint like any run)")
   base = configs[0] if configs else topn.make_topn_config(None, **over)
   protocol = topn.make_protocol(base)
-  print(f"# {protocol.dataset.name}: {json.dumps(protocol.summary())}")
-  results = {}
+  if not FLAGS.json:
+    print(f"# {protocol.dataset.name}: {json.dumps(protocol.summary())}")
+  results = {"protocol": dict(protocol.summary(), dataset=protocol.dataset.name)}
   for cfg in configs:
     wd = None if FLAGS.workdir is None else f"{FLAGS.workdir}/{cfg.model}"
     r = topn.run(cfg, wd, protocol=protocol,
@@ -83,6 +84,8 @@ def main(argv):
     return
   print(f"{'model':12s} {'NDCG@100':>9s} {'Recall@20':>9s} {'Recall@50':>9s}  selected")
   for name, r in results.items():
+    if name == "protocol":
+      continue
     t = r["test"]
     sel = (f"λ={r['best_lambda']:g}" if "best_lambda" in r else
            f"epoch {r['best_epoch']}" if r.get("best_epoch") else "-")

@@ -81,20 +81,32 @@ def ranking_metrics(top_UxK, relevant_UxI, ks: Sequence[int] = (10,),
   """
   top_UxK = jnp.asarray(top_UxK, jnp.int32)
   rel_UxI = jnp.asarray(relevant_UxI).astype(bool)
+  ks = tuple(int(k) for k in ks)
   _check_ks(ks, top_UxK.shape[1], rel_UxI.shape[1])
+  n_cat = rel_UxI.shape[1] if n_catalogue is None else n_catalogue
+  sums, n_users, covered = jax.device_get(_dense_metrics(top_UxK, rel_UxI, ks))
+  out: dict[str, float] = {"n_users": int(n_users)}
+  for name, v in sums.items():
+    out[name] = float(v) / max(1, int(n_users))
+  for k, c in zip(ks, covered):
+    out[f"coverage@{k}"] = float(c) / n_cat
+  return out
+
+
+@functools.partial(jax.jit, static_argnames=("ks",))
+def _dense_metrics(top_UxK, rel_UxI, ks):
   hits_UxK = jnp.take_along_axis(rel_UxI, top_UxK, axis=1)
   n_rel_U = jnp.sum(rel_UxI, axis=1)
   has_U = n_rel_U > 0
-  n_cat = rel_UxI.shape[1] if n_catalogue is None else n_catalogue
-  out: dict[str, float] = {"n_users": int(jnp.sum(has_U))}
+  sums, covered = {}, []
   for k in ks:
     per = metrics_from_hits(hits_UxK, n_rel_U, k)
     for name in METRICS:
-      out[f"{name}@{k}"] = float(jnp.sum(per[name]) / jnp.maximum(1, jnp.sum(has_U)))
+      sums[f"{name}@{k}"] = jnp.sum(per[name])
     seen_I = jnp.zeros(rel_UxI.shape[1], bool).at[top_UxK[:, :k]].max(
         jnp.broadcast_to(has_U[:, None], top_UxK[:, :k].shape))
-    out[f"coverage@{k}"] = float(jnp.sum(seen_I) / n_cat)
-  return out
+    covered.append(jnp.sum(seen_I))
+  return sums, jnp.sum(has_U), jnp.stack(covered)
 
 
 def _check_ks(ks: Sequence[int], k_max: int, n_items: int) -> None:
