@@ -1,0 +1,171 @@
+r"""Epoch time, ratings/s and memory from 100K to 20M ratings (synthetic data).
+
+  python benchmarks/scaling_bench.py                       # 100K, 1M, 10M, 20M (CPU)
+  python benchmarks/scaling_bench.py --max_ratings=1000000 --out=runs/scaling
+  python benchmarks/scaling_bench.py --sizes=ml-100k,ml-1m,ml-20m,netflix   # a GPU
+
+I-AutoRec (items are rows, N = n_users -> 500 -> N, Adam, batch 256) on
+`data.synthetic.generate(shape)`. Each size runs in its own subprocess so its
+peak host RSS is its own. Row storage follows the engine's rule (dense matrix
+on device if it fits --dense_budget_mb, else CSR densified per batch). Both
+compute paths are timed: the dense engine (`train.make_train_epoch`) and the
+sparse-aware path (`sparse_autorec`). Big sizes would take hours per dense
+epoch on a CPU, so each path runs --steps batches (a compiled scan over a
+subset of rows / stratified batches) and the epoch time is extrapolated:
+epoch_seconds = seconds_per_step x steps_per_epoch; the JSON says
+"extrapolated": true when steps < steps_per_epoch. Writes OUT/scaling.json
+and OUT/scaling.png and prints the JSON.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+import numpy as np
+
+flags.DEFINE_string("sizes", "ml-100k,ml-1m,10m,ml-20m",
+                    "synthetic shapes (data.synthetic.SHAPES, or 10m = 69878x10677x10M)")
+flags.DEFINE_integer("max_ratings", 20_000_263, "skip sizes with more ratings")
+flags.DEFINE_integer("steps", 8, "timed batches per path (capped at one epoch)")
+flags.DEFINE_integer("batch_size", 256, "rows per batch")
+flags.DEFINE_integer("hidden", 500, "hidden units")
+flags.DEFINE_integer("dense_budget_mb", 1024, "dense matrix on device if it fits")
+flags.DEFINE_string("paths", "dense,sparse", "compute paths to time")
+flags.DEFINE_string("out", "runs/scaling", "output directory")
+flags.DEFINE_string("one", None, "internal: run one size and print its JSON")
+FLAGS = flags.FLAGS
+
+_EXTRA = {"10m": (69_878, 10_677, 10_000_054)}
+
+
+def _shape(name):
+  from recae_jax.data import synthetic
+  return _EXTRA.get(name) or synthetic.SHAPES[name]
+
+
+def _rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_one(name: str) -> dict:
+  import jax
+  from recae_jax import sparse_autorec as sa
+  from recae_jax import train
+  from recae_jax.config import make_config
+  from recae_jax.data import sparse, synthetic
+  from recae_jax.models import build_model
+
+  t = time.perf_counter()
+  ds = synthetic.generate(_EXTRA.get(name, name), seed=0)
+  gen_s = time.perf_counter() - t
+  config = make_config("autorec", batch_size=FLAGS.batch_size, layers=(FLAGS.hidden,),
+                       dense_budget_mb=FLAGS.dense_budget_mb)
+  csr = sparse.ratings_to_csr(ds.ratings, "item")
+  source = sparse.make_row_source(csr, FLAGS.dense_budget_mb << 20)
+  rows = np.flatnonzero(csr.row_lengths() > 0).astype(np.int32)
+  import jax.numpy as jnp
+  data = train.RowData(source, None, jnp.asarray(rows))
+  n_cols = csr.shape[1]
+  batch = min(FLAGS.batch_size, len(rows))
+  steps_per_epoch = -(-len(rows) // batch)
+  steps = min(FLAGS.steps, steps_per_epoch)
+  model = build_model(config, n_cols)
+  tx = train.make_optimizer(config, steps_per_epoch)
+  out = {"size": name, "n_users": ds.ratings.n_users, "n_items": ds.ratings.n_items,
+         "n_ratings": len(ds.ratings), "rows": int(len(rows)), "cols": int(n_cols),
+         "density": len(ds.ratings) / (csr.shape[0] * csr.shape[1]),
+         "layout": type(source).__name__, "batch_size": batch, "hidden": FLAGS.hidden,
+         "steps_per_epoch": steps_per_epoch, "timed_steps": steps,
+         "extrapolated": steps < steps_per_epoch, "generate_seconds": gen_s,
+         "device": jax.devices()[0].device_kind}
+  rng = np.random.default_rng(0)
+  for path in FLAGS.paths.split(","):
+    state = sa.init_state(model, tx, n_cols, 0)
+    if path == "dense":
+      sub = rows[rng.permutation(len(rows))[: steps * batch]]
+      d = dataclasses.replace(data, train_rows=jnp.asarray(np.sort(sub)))
+      fn = train.make_train_epoch(model, tx, config, batch)
+    else:
+      sd = sa.from_csr(csr, batch, "stratified")
+      d = dataclasses.replace(sd, strata_SxNb=sd.strata_SxNb[:, :steps])
+      fn = sa.make_train_epoch(model, tx, config)
+      out["sparse_max_entries"] = sd.max_entries
+    t = time.perf_counter()
+    compiled = fn.lower(state, d).compile()
+    out[f"{path}_compile_seconds"] = time.perf_counter() - t
+    state, m = compiled(state, d)  # warm-up
+    jax.block_until_ready(m)
+    t = time.perf_counter()
+    state, m = compiled(state, d)
+    jax.block_until_ready(m)
+    per_step = (time.perf_counter() - t) / steps
+    epoch_s = per_step * steps_per_epoch
+    out[f"{path}_seconds_per_step"] = per_step
+    out[f"{path}_epoch_seconds"] = epoch_s
+    out[f"{path}_ratings_per_second"] = len(ds.ratings) / epoch_s
+    del state, compiled
+  stats = jax.devices()[0].memory_stats()
+  out["device_peak_bytes"] = None if not stats else stats.get("peak_bytes_in_use")
+  out["peak_rss_mb"] = _rss_mb()
+  return out
+
+
+def plot(results, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+  n = [r["n_ratings"] for r in results]
+  for p in FLAGS.paths.split(","):
+    a.loglog(n, [r[f"{p}_epoch_seconds"] for r in results], "o-", label=p)
+  a.set(xlabel="ratings", ylabel="epoch seconds (extrapolated where marked)",
+        title="I-AutoRec epoch cost")
+  b.semilogx(n, [r["peak_rss_mb"] for r in results], "o-")
+  b.set(xlabel="ratings", ylabel="peak host RSS (MiB)", title="memory")
+  for ax in (a, b):
+    ax.grid(alpha=0.3, which="both")
+  a.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  if FLAGS.one:
+    print(json.dumps(run_one(FLAGS.one)))
+    return
+  results = []
+  for name in FLAGS.sizes.split(","):
+    if name not in _EXTRA:
+      from recae_jax.data import synthetic
+      if name not in synthetic.SHAPES:
+        print(f"error: --sizes: unknown {name!r}", file=sys.stderr)
+        sys.exit(2)
+    if _shape(name)[2] > FLAGS.max_ratings:
+      continue
+    args = [sys.executable, __file__, f"--one={name}"] + [
+        f"--{f}={getattr(FLAGS, f)}" for f in ("steps", "batch_size", "hidden",
+                                                "dense_budget_mb", "paths")]
+    r = subprocess.run(args, capture_output=True, text=True)
+    if r.returncode != 0:
+      print(r.stderr[-2000:], file=sys.stderr)
+      sys.exit(r.returncode)
+    results.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    print(f"{name}: " + ", ".join(f"{k}={results[-1][k]:.3g}" for k in results[-1]
+                                  if k.endswith("epoch_seconds")), file=sys.stderr)
+  out = pathlib.Path(FLAGS.out)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "scaling.json").write_text(json.dumps(results, indent=2) + "\n")
+  plot(results, out / "scaling.png")
+  print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)
