@@ -90,7 +90,7 @@ def _train_2d(workdir: pathlib.Path, out: pathlib.Path) -> list:
   base = restore.read_config(workdir)
   cfg = make_config(None, dataset=base.dataset, data_dir=base.data_dir, split=base.split,
                     split_seed=base.split_seed, orientation="item", layers=(64, 2),
-                    activation="tanh", optimizer="adam", learning_rate=3e-3,
+                    activation="elu", optimizer="adam", learning_rate=3e-3,
                     l2=1e-3, batch_size=128, epochs=FLAGS.epochs_2d,
                     checkpoint_every=FLAGS.epochs_2d)
   run_dir = out / "ae2d"
@@ -100,7 +100,7 @@ def _train_2d(workdir: pathlib.Path, out: pathlib.Path) -> list:
   keep = rec.candidates_I
   codes = recommend.item_embeddings(rec)[keep]
   titles = recommend._titles(rec.dataset)[keep]
-  top = np.argsort(-rec.n_train_I[keep])[:15]  # label the best-known movies
+  top = np.argsort(-rec.n_train_I[keep])[:8]  # label a few best-known movies
   return [plots.plot_embedding_2d(codes, recommend.primary_genres(rec.dataset)[keep],
                                   out / "items_2d_bottleneck.png",
                                   "2-d bottleneck of a small item AE (N→64→2→64→N)",
