@@ -115,7 +115,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   out = wd.ensure_writable(FLAGS.workdir)
-  impute.KNNConfig(neighbors=max(FLAGS.neighbors, 0), metric=FLAGS.similarity,
+  impute.KNNConfig(neighbors=FLAGS.neighbors, metric=FLAGS.similarity,
                    centering=FLAGS.centering, min_support=FLAGS.min_support,
                    shrinkage=FLAGS.shrinkage, denominator=FLAGS.denominator,
                    min_k=FLAGS.min_k)  # validate flags before loading data
