@@ -69,7 +69,7 @@ def _run_figures(workdir: pathlib.Path, out: pathlib.Path, name: str) -> list:
   raters = np.flatnonzero(rec.seen.items == i)
   users = rec.seen.users[raters]
   col = recommend.predict_users(rec, users)[:, i]
-  title = recommend._titles(rec.dataset)[i]
+  title = recommend.titles(rec.dataset)[i]
   written.append(plots.plot_reconstruction(
       rec.seen.ratings[raters], col, out / f"{name}_movie_reconstruction.png",
       f"{name}: ratings of {title}", "user"))
@@ -99,7 +99,7 @@ def _train_2d(workdir: pathlib.Path, out: pathlib.Path) -> list:
   rec = recommend.from_workdir(run_dir)
   keep = rec.candidates_I
   codes = recommend.item_embeddings(rec)[keep]
-  titles = recommend._titles(rec.dataset)[keep]
+  titles = recommend.titles(rec.dataset)[keep]
   top = np.argsort(-rec.n_train_I[keep])[:8]  # label a few best-known movies
   return [plots.plot_embedding_2d(codes, recommend.primary_genres(rec.dataset)[keep],
                                   out / "items_2d_bottleneck.png",

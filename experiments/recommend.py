@@ -25,7 +25,7 @@ flags.DEFINE_string("user", None, "original user id (as in the ratings file)")
 flags.DEFINE_integer("k", 10, "number of movies to recommend")
 flags.DEFINE_bool("json", False, "print JSON instead of a table")
 flags.DEFINE_bool("all_users", False, "recommend for every user (vectorized) and "
-                  "write --out as CSV: user_id, rank, movie_id, score")
+                  "write --out as CSV: user_id, rank, movie_id, title, predicted_rating, cold_start")
 flags.DEFINE_string("out", None, "CSV path for --all_users")
 FLAGS = flags.FLAGS
 
@@ -42,22 +42,19 @@ def main(argv):
     raise UserError("give exactly one of --user=ID or --all_users")
   if FLAGS.all_users and not FLAGS.out:
     raise UserError("--all_users needs --out=PATH.csv")
-  import numpy as np
   import pandas as pd
   from recae_jax import recommend
   rec = recommend.from_workdir(FLAGS.workdir)
   if FLAGS.all_users:
     recommend.top_n(rec, k=FLAGS.k)  # compile once, then time the real call
     t = time.perf_counter()
-    idx, score = recommend.top_n(rec, k=FLAGS.k)
+    recommend.top_n(rec, k=FLAGS.k)
     dt = time.perf_counter() - t
-    n, k = idx.shape
-    pd.DataFrame({
-        "user_id": np.repeat(np.asarray(rec.dataset.user_ids), k),
-        "rank": np.tile(np.arange(1, k + 1), n),
-        "movie_id": np.asarray(rec.dataset.item_ids)[idx.reshape(-1)],
-        "score": score.reshape(-1)}).to_csv(FLAGS.out, index=False)
-    print(json.dumps({"users": n, "k": k, "seconds": round(dt, 4), "out": FLAGS.out}))
+    table = recommend.top_n_frame(rec, k=FLAGS.k)
+    table.to_csv(FLAGS.out, index=False)
+    print(json.dumps({"users": int(rec.n_users), "k": FLAGS.k,
+                      "cold_start_users": int(table["cold_start"].sum() // FLAGS.k),
+                      "top_n_seconds": round(dt, 4), "out": FLAGS.out}))
     return
   r = recommend.recommend(rec, FLAGS.user, FLAGS.k)
   if FLAGS.json:

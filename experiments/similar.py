@@ -37,7 +37,7 @@ def main(argv):
   recommend.find_item(rec.dataset, FLAGS.movie)  # title errors before encoding
   emb = recommend.item_embeddings(rec)
   q, table = recommend.similar_items(rec, emb, FLAGS.movie, FLAGS.k)
-  title = recommend._titles(rec.dataset)[q]
+  title = recommend.titles(rec.dataset)[q]
   movie_id = int(rec.dataset.item_ids[q])
   if FLAGS.json:
     print(json.dumps({"movie_id": movie_id, "title": title,

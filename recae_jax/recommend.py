@@ -135,7 +135,8 @@ class _AEScorer:
     return jnp.where(cold_B[:, None], ctx["pop_I"][None, :], s_BxI)
 
 
-def _scorer(rec: Recommender) -> tuple[_AEScorer, dict]:
+def scorer(rec: Recommender) -> tuple[_AEScorer, dict]:
+  """(score_fn, ctx) for `recae_jax.ranking`: raw predicted ratings per user row."""
   user_rows = rec.config.orientation == "user"
   ctx = {"cold_U": jnp.asarray(rec.n_train_U == 0),
          "pop_I": jnp.asarray(rec.n_train_I, jnp.float32)}
@@ -180,10 +181,29 @@ def top_n(rec: Recommender, users: Optional[Sequence[int]] = None, k: int = 10,
   check_k(k, int(rec.candidates_I.sum()))
   users = np.arange(rec.n_users, dtype=np.int32) if users is None else np.asarray(
       users, np.int32)
-  fn, ctx = _scorer(rec)
+  fn, ctx = scorer(rec)
   return ranking.top_k(fn, ctx, users, k, exclude=rec.seen_rows,
                        candidates_I=rec.candidates_I, n_items=rec.n_items,
                        pad_row=rec.n_users, block_size=block_size)
+
+
+def top_n_frame(rec: Recommender, users: Optional[Sequence[int]] = None,
+                k: int = 10) -> pd.DataFrame:
+  """All users' (default) top-k as a long table: user_id, rank, movie_id, title,
+  predicted_rating (clipped; the item mean for cold-start users), cold_start."""
+  users = np.arange(rec.n_users) if users is None else np.asarray(users)
+  idx, score = top_n(rec, users, k)
+  lo, hi = rec.dataset.rating_scale
+  cold_U = rec.n_train_U[users] == 0
+  pred = np.where(cold_U[:, None], rec.mean_I[idx], np.clip(score, lo, hi))
+  n = len(users)
+  return pd.DataFrame({
+      "user_id": np.repeat(np.asarray(rec.dataset.user_ids)[users], k),
+      "rank": np.tile(np.arange(1, k + 1), n),
+      "movie_id": np.asarray(rec.dataset.item_ids)[idx.reshape(-1)],
+      "title": titles(rec.dataset)[idx.reshape(-1)],
+      "predicted_rating": pred.reshape(-1).astype(np.float32),
+      "cold_start": np.repeat(cold_U, k)})
 
 
 def user_index(dataset: Dataset, user_id) -> int:
@@ -212,7 +232,7 @@ class Recommendation:
             "note": self.note, "items": self.items.to_dict(orient="records")}
 
 
-def _titles(dataset: Dataset) -> np.ndarray:
+def titles(dataset: Dataset) -> np.ndarray:
   if dataset.items_info is not None and "title" in dataset.items_info:
     return dataset.items_info["title"].astype(str).to_numpy()
   return np.array([str(i) for i in dataset.item_ids])
@@ -236,7 +256,7 @@ def recommend(rec: Recommender, user_id, k: int = 10) -> Recommendation:
   items = pd.DataFrame({
       "rank": np.arange(1, len(idx) + 1),
       "movie_id": np.asarray(rec.dataset.item_ids)[idx].astype(int),
-      "title": _titles(rec.dataset)[idx],
+      "title": titles(rec.dataset)[idx],
       "predicted_rating": np.round(pred.astype(float), 3),
       "score": np.round(score.astype(float), 4)})
   return Recommendation(int(rec.dataset.user_ids[u]), items, cold, note)
@@ -308,7 +328,7 @@ def export_embeddings(path, emb_NxD: np.ndarray, frame: pd.DataFrame) -> list[pa
 def item_frame(rec: Recommender) -> pd.DataFrame:
   return pd.DataFrame({"index": np.arange(rec.n_items),
                        "movie_id": np.asarray(rec.dataset.item_ids),
-                       "title": _titles(rec.dataset),
+                       "title": titles(rec.dataset),
                        "n_train_ratings": rec.n_train_I,
                        "primary_genre": primary_genres(rec.dataset)})
 
@@ -364,7 +384,7 @@ def find_item(dataset: Dataset, query) -> int:
     raise UserError(f"unknown movie id {text} in {dataset.name}")
   if not text:
     raise UserError("empty movie title")
-  titles = _titles(dataset)
+  titles = titles(dataset)
   lower = pd.Series(titles).str.lower()
   exact = np.flatnonzero((lower == text.lower()).to_numpy())
   if len(exact) == 1:
@@ -411,7 +431,7 @@ def similar_items(rec: Recommender, emb_IxD: np.ndarray, movie, k: int = 10
   table = pd.DataFrame({
       "rank": np.arange(1, k + 1),
       "movie_id": np.asarray(rec.dataset.item_ids)[idx[0]].astype(int),
-      "title": _titles(rec.dataset)[idx[0]],
+      "title": titles(rec.dataset)[idx[0]],
       "cosine": np.round(sim[0].astype(float), 4),
       "n_train_ratings": rec.n_train_I[idx[0]]})
   return q, table
@@ -423,7 +443,7 @@ def evaluate(rec: Recommender, ks: Sequence[int] = (10,), threshold: float = 4.0
              block_size: int = 256) -> dict:
   """Ranking metrics on the test split: relevant = test rating >= threshold,
   excluding the items each user rated in train/validation."""
-  fn, ctx = _scorer(rec)
+  fn, ctx = scorer(rec)
   relevant = ranking.relevance_source(rec.test, threshold,
                                       rec.config.dense_budget_mb << 20)
   users = np.unique(rec.test.users[rec.test.ratings >= threshold])

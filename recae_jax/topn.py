@@ -538,7 +538,7 @@ def run_rating_ae(ae_config, protocol: Protocol, workdir, *, ks=(20, 50, 100),
   rec = recommend.from_restored(restore.Restored(
       pathlib.Path(workdir), ae_config, protocol.dataset, split, problem, model,
       params, meta))
-  scorer, ctx = recommend._scorer(rec)
+  scorer, ctx = recommend.scorer(rec)
   test = evaluate_users(scorer, ctx, protocol, protocol.test_users, ks=ks)
   valid = evaluate_users(scorer, ctx, protocol, protocol.valid_users, ks=ks)
   return {"model": f"{ae_config.orientation}-autoencoder", "test": test,

@@ -86,6 +86,12 @@ def test_cold_start_falls_back_to_popularity(trained):
   assert set(warm.items.columns) >= {"movie_id", "title", "predicted_rating"}
   lo, hi = rec.dataset.rating_scale
   assert warm.items["predicted_rating"].between(lo, hi).all()
+  frame = recommend.top_n_frame(rec, k=3)  # all users, long format
+  assert len(frame) == 3 * rec.n_users
+  assert frame.loc[frame.user_id == 1, "cold_start"].all()
+  assert not frame.loc[frame.user_id == 2, "cold_start"].any()
+  np.testing.assert_array_equal(frame.loc[frame.user_id == 2, "movie_id"],
+                                warm.items["movie_id"][:3])
 
 
 def test_bad_user_and_k(trained):
