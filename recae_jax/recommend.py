@@ -384,8 +384,8 @@ def find_item(dataset: Dataset, query) -> int:
     raise UserError(f"unknown movie id {text} in {dataset.name}")
   if not text:
     raise UserError("empty movie title")
-  titles = titles(dataset)
-  lower = pd.Series(titles).str.lower()
+  names = titles(dataset)
+  lower = pd.Series(names).str.lower()
   exact = np.flatnonzero((lower == text.lower()).to_numpy())
   if len(exact) == 1:
     return int(exact[0])
@@ -395,7 +395,7 @@ def find_item(dataset: Dataset, query) -> int:
     return int(hits[0])
 
   def show(ix):
-    return "; ".join(f"{titles[i]} (id {ids[i]})" for i in ix[:10]) + (
+    return "; ".join(f"{names[i]} (id {ids[i]})" for i in ix[:10]) + (
         f"; ... {len(ix) - 10} more" if len(ix) > 10 else "")
   if len(hits) > 1:
     raise UserError(f"movie {text!r} is ambiguous, {len(hits)} titles match: "

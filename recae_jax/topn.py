@@ -456,8 +456,9 @@ def run(config: TopNConfig, workdir=None, *, protocol: Optional[Protocol] = None
         progress: Callable[[str], None] = print) -> dict:
   """Trains/fits `config.model`, selects on validation, reports test metrics.
 
-  Writes workdir/config.json, metrics.jsonl (validation history) and
-  metrics.json when `workdir` is given.
+  Writes workdir/config.json, metrics.jsonl (validation history),
+  metrics.json and (Mult-VAE/DAE) checkpoints/ with the selected parameters
+  when `workdir` is given.
   """
   config = config.validate()
   if protocol is None:
@@ -484,6 +485,12 @@ def run(config: TopNConfig, workdir=None, *, protocol: Optional[Protocol] = None
     (path / "metrics.jsonl").write_text(
         "".join(json.dumps(r, sort_keys=True) + "\n" for r in out["history"]))
     wd.write_json(path / "metrics.json", results)
+    if "params" in out:  # the selected Mult-VAE/DAE parameters, via orbax
+      from recae_jax import checkpoint as ckpt_lib
+      ckpts = ckpt_lib.Checkpoints(path / "checkpoints", max_to_keep=1)
+      ckpts.save(int(out["best_epoch"]), {"params": out["params"]},
+                 {"best_epoch": out["best_epoch"], "model": config.model})
+      ckpts.close()
   results["_fitted"] = out  # in-memory only (params, scorer) for callers
   return results
 

@@ -1,6 +1,5 @@
 """Every figure is written as a non-empty PNG."""
 
-import json
 
 import numpy as np
 

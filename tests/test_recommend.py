@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from conftest import low_rank_ratings
 from recae_jax import recommend, restore, train
 from recae_jax.config import make_config
-from recae_jax.data.types import Dataset, Ratings, Split
+from recae_jax.data.types import Dataset, Split
 from recae_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,6 +1,7 @@
 """Mult-VAE / Mult-DAE / EASE / popularity under strong generalization."""
 
-import jax
+import json
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -50,7 +51,7 @@ def test_protocol_is_strong_generalization(protocol):
   assert protocol.candidates_I[protocol.test_out.items].all()
 
 
-def test_mult_models_beat_popularity(protocol):
+def test_mult_models_beat_popularity(protocol, tmp_path):
   small = dict(hidden=(32,), latent=16, select_k=10, batch_size=64, epochs=20, eval_every=10,
                n_test_users=60, n_valid_users=60, learning_rate=3e-3, ks=(10,))
   quiet = lambda s: None
@@ -59,12 +60,14 @@ def test_mult_models_beat_popularity(protocol):
   ease = topn.run(topn.make_topn_config("ease", ease_lambdas=(10.0, 100.0), **small),
                   protocol=protocol, progress=quiet)["test"]["ndcg@10"]
   before = topn.TRACE_COUNTS["epoch"]
-  vae = topn.run(topn.make_topn_config("mult_vae", **small), protocol=protocol,
-                 progress=quiet)
+  vae = topn.run(topn.make_topn_config("mult_vae", **small), tmp_path / "vae",
+                 protocol=protocol, progress=quiet)
   assert topn.TRACE_COUNTS["epoch"] == before + 1  # the epoch compiled once
   dae = topn.run(topn.make_topn_config("mult_dae", **dict(small, hidden=())),
                  protocol=protocol, progress=quiet)
   assert vae["best_epoch"] in (10, 20)
+  assert (tmp_path / "vae" / "checkpoints").is_dir()
+  assert json.loads((tmp_path / "vae" / "metrics.json").read_text())["model"] == "mult_vae"
   assert vae["test"]["ndcg@10"] > pop + 0.02, (vae["test"], pop)
   assert dae["test"]["ndcg@10"] > pop + 0.02, (dae["test"], pop)
   assert ease > pop + 0.02
