@@ -3,7 +3,9 @@ r"""Figures (PNG) for one or several trained runs.
   python experiments/plot.py --workdirs=runs/autorec,runs/uautorec --out=figs
   python experiments/plot.py --workdirs=runs/autorec --out=figs --train_2d
 
-Writes OUT/curves.png (train loss and validation curves of every run) and,
+Writes OUT/curves.png (train loss and validation curves of every run;
+OUT/curves_topn.png for experiments/topn.py runs: loss and validation
+NDCG@100) and,
 per run NAME: NAME_pred_vs_actual.png (test predictions by actual rating),
 NAME_user_reconstruction.png / NAME_movie_reconstruction.png (S0-style
 original vs reconstructed ratings of --user and --movie), and
@@ -35,6 +37,14 @@ def _history(workdir: pathlib.Path) -> list:
   if not path.exists():
     return []
   return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+def _is_topn(workdir: pathlib.Path) -> bool:
+  path = workdir / "config.json"
+  try:
+    return path.exists() and "ease_lambdas" in json.loads(path.read_text())
+  except json.JSONDecodeError:
+    return False
 
 
 def _run_figures(workdir: pathlib.Path, out: pathlib.Path, name: str) -> list:
@@ -117,14 +127,24 @@ def main(argv):
   from recae_jax import workdir as wd
   from recae_jax.restore import require_checkpoint, read_config
   dirs = [pathlib.Path(d) for d in FLAGS.workdirs]
+  topn_dirs = [d for d in dirs if _is_topn(d)]  # Mult-VAE/DAE runs: curves only
+  dirs = [d for d in dirs if d not in topn_dirs]
   for d in dirs:  # check all before any slow work
     read_config(d)
     require_checkpoint(d)
   out = wd.ensure_writable(FLAGS.out)
+  written = []
+  if topn_dirs:
+    written.append(plots.plot_metric_curves(
+        {d.name: _history(d) for d in topn_dirs}, ("train_loss", "valid_ndcg@100"),
+        out / "curves_topn.png"))
+  if not dirs:
+    print(json.dumps([str(p) for p in written], indent=2))
+    return
   names = [d.name if [x.name for x in dirs].count(d.name) == 1 else str(d).replace("/", "_")
            for d in dirs]
-  written = [plots.plot_training_curves({n: _history(d) for n, d in zip(names, dirs)},
-                                        out / "curves.png")]
+  written.append(plots.plot_training_curves(
+      {n: _history(d) for n, d in zip(names, dirs)}, out / "curves.png"))
   for name, d in zip(names, dirs):
     written += _run_figures(d, out, name)
   if FLAGS.train_2d:

@@ -104,3 +104,20 @@ def plot_embedding_2d(xy_Nx2, labels, path, title: str,
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, markerscale=2, ncol=2, loc="best")
   return _save(fig, path)
+
+
+def plot_metric_curves(runs: dict[str, list[dict]], keys: tuple[str, ...], path,
+                       title: str = "") -> pathlib.Path:
+  """One panel per history key (e.g. train_loss, valid_ndcg@100) over epochs,
+  for several runs; rows lacking a key are skipped (evaluated every N epochs)."""
+  fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
+  for ax, key in zip(axes[0], keys):
+    for name, rows in runs.items():
+      pts = [(r["epoch"], r[key]) for r in rows if key in r and "epoch" in r]
+      if pts:
+        ax.plot(*zip(*pts), marker="." if len(pts) < 50 else None, label=name)
+    ax.set(xlabel="epoch", ylabel=key, title=title or key)
+    ax.grid(alpha=0.3)
+    if len(runs) > 1:
+      ax.legend(fontsize=8)
+  return _save(fig, path)

@@ -22,6 +22,9 @@ def test_figures_are_pngs(tmp_path):
   genres = np.array(["Drama", "Comedy", "Action"], dtype=object)[rng.integers(0, 3, 50)]
   paths = [
       plots.plot_training_curves(runs, tmp_path / "curves.png"),
+      plots.plot_metric_curves({"vae": [{"epoch": 5, "train_loss": 3.0, "valid_ndcg@100": 0.3},
+                                        {"epoch": 6, "train_loss": 2.0}]},
+                               ("train_loss", "valid_ndcg@100"), tmp_path / "topn.png"),
       plots.plot_pred_vs_actual(actual + rng.normal(0, 0.5, 300), actual,
                                 tmp_path / "hist.png"),
       plots.plot_reconstruction(actual[:30], actual[:30] + 0.3, tmp_path / "user.png",
