@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import json
 import math
 import pathlib
 import time
@@ -455,8 +456,7 @@ def run_sweep(base: Config, configs: Sequence[Config], workdir, *,
       best_valid = np.where(improved, v_rmse, best_valid)
       best_epoch = np.where(improved, epoch, best_epoch)
       bad = np.where(improved, 0, bad + active)
-    else:
-      improved = active.copy()
+    else:  # no validation data: the last epoch is the selected one
       best_params = _select(jnp.asarray(active), state.params, best_params)
       best_epoch = np.where(active, epoch, best_epoch)
     for i in np.flatnonzero(active):
@@ -495,7 +495,7 @@ def run_sweep(base: Config, configs: Sequence[Config], workdir, *,
     mdir.mkdir(parents=True, exist_ok=True)
     wd.write_json(mdir / "config.json", cfg.to_json())
     (mdir / "metrics.jsonl").write_text(
-        "".join(__import__("json").dumps(r, sort_keys=True) + "\n" for r in histories[i]))
+        "".join(json.dumps(r, sort_keys=True) + "\n" for r in histories[i]))
     n = max(1.0, float(ts["count"][i]))
     res = {
         "test_rmse": math.sqrt(float(ts["sse"][i]) / n),

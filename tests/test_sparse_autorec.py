@@ -40,7 +40,7 @@ def test_loss_and_grads_match_dense(tiny, kw):
   tx = train.make_optimizer(config, 1)
   params = sa.init_state(model, tx, csr.shape[1], 3).params
   rng = np.random.default_rng(0)
-  for _ in range(3):  # random batches, with padding rows and empty rows
+  for _ in range(2):  # random batches, with padding rows and empty rows
     rows = rng.choice(csr.shape[0], 16, replace=False).astype(np.int32)
     rows[rng.random(16) < 0.3] = csr.shape[0]
     rows_B = jnp.asarray(rows)
