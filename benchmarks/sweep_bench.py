@@ -3,7 +3,8 @@ r"""K members in one compiled sweep vs K lone runs, timed in the same run.
   python benchmarks/sweep_bench.py --preset=autorec --dataset=ml-100k --members=8
 
 Members differ in seed (and --sweep, if given). Per repeat: one sweep epoch
-(all K members), then one epoch of each of the K lone runs (train.py's
+(all K members, --group_size side by side; the device default), all K side
+by side too when that differs, then one epoch of each of the K lone runs (train.py's
 compiled epoch; members that share a config share one compile). Also times a
 naive `jax.vmap` of the engine's train step over the K stacked states.
 Prints one JSON object; `speedup_vs_sequential` = sequential seconds / sweep
@@ -29,6 +30,7 @@ flags.adopt_module_key_flags(cfg_flags)
 flags.DEFINE_integer("members", 8, "K: members with seeds seed..seed+K-1")
 flags.DEFINE_string("sweep", None, "optional spec instead of seeds, e.g. 'l2=1e-3,3e-3'")
 flags.DEFINE_integer("repeats", 3, "timed repeats (after one warm-up epoch each)")
+flags.DEFINE_integer("group_size", 0, "members side by side; 0 = the device default")
 flags.DEFINE_bool("naive", True, "also time a naive vmap of the engine's train step")
 FLAGS = flags.FLAGS
 
@@ -66,9 +68,16 @@ def main(argv):
   tx = sweep.make_sweep_optimizer(base, steps)
   hyper = sweep.Hyper.from_configs(configs)
   sstate = sweep.init_sweep_state(model, tx, data, configs, base.seed)
+  group = FLAGS.group_size or sweep.default_group_size(k)
   t = time.perf_counter()
-  sweep_fn = sweep.make_sweep_epoch(st, tx, base, batch).lower(sstate, data, hyper).compile()
+  sweep_fn = sweep.make_sweep_epoch(st, tx, base, batch, group).lower(
+      sstate, data, hyper).compile()
   sweep_compile = time.perf_counter() - t
+  side_fn, side_state = None, None
+  if group != k:  # also time all K side by side (the accelerator layout)
+    side_state = jax.tree.map(jnp.copy, sstate)
+    side_fn = sweep.make_sweep_epoch(st, tx, base, batch, k).lower(
+        side_state, data, hyper).compile()
 
   lone_fns, lone_states, lone_compile = {}, [], 0.0
   for cfg in configs:
@@ -107,7 +116,14 @@ def main(argv):
     nstate, m = naive(nstate, data, jax.random.PRNGKey(1))
     jax.block_until_ready(m)
 
+  def run_side():
+    nonlocal side_state
+    side_state, m = side_fn(side_state, data, hyper)
+    jax.block_until_ready(m)
+
   runs = {"sweep": run_sweep_epoch, "sequential": run_sequential}
+  if side_fn is not None:
+    runs["side_by_side"] = run_side
   if naive is not None:
     runs["naive_vmap"] = run_naive
   times = {n: [] for n in runs}
@@ -124,7 +140,7 @@ def main(argv):
       "layers": list(base.layers), "rows": n_rows, "cols": problem.n_cols,
       "batch_size": batch, "members": k, "device": jax.devices()[0].device_kind,
       "layout": type(data.source).__name__,
-      "sweep_epoch_seconds": med["sweep"],
+      "group_size": group, "sweep_epoch_seconds": med["sweep"],
       "sequential_epoch_seconds": med["sequential"],
       "speedup_vs_sequential": med["sequential"] / med["sweep"],
       "sweep_seconds_per_member_epoch": med["sweep"] / k,
@@ -132,6 +148,9 @@ def main(argv):
       "sweep_compile_seconds": sweep_compile, "lone_compile_seconds": lone_compile,
       "repeats": FLAGS.repeats, "all_times": times,
   }
+  if "side_by_side" in med:
+    out["side_by_side_epoch_seconds"] = med["side_by_side"]
+    out["side_by_side_speedup_vs_sequential"] = med["sequential"] / med["side_by_side"]
   if "naive_vmap" in med:
     out["naive_vmap_epoch_seconds"] = med["naive_vmap"]
     out["naive_vmap_speedup_vs_sequential"] = med["sequential"] / med["naive_vmap"]

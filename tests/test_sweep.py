@@ -52,7 +52,14 @@ def test_member_matches_lone_run_with_shared_order(tiny):
   hyper = sweep.Hyper.from_configs(configs)
   state = sweep.init_sweep_state(model, tx, data, configs, order_seed=0)
   order_rng = jnp.copy(state.order_rng)  # the epoch donates state
-  state, metrics = sweep.make_sweep_epoch(st, tx, base, base.batch_size)(state, data, hyper)
+  state1 = jax.tree.map(jnp.copy, state)
+  # side by side (one shared-input GEMM) and one member at a time (the CPU default)
+  state, metrics = sweep.make_sweep_epoch(st, tx, base, base.batch_size, group_size=3)(
+      state, data, hyper)
+  state1, metrics1 = sweep.make_sweep_epoch(st, tx, base, base.batch_size, group_size=1)(
+      state1, data, hyper)
+  for a, b in zip(jax.tree.leaves((state, metrics)), jax.tree.leaves((state1, metrics1))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
   # The same batch order, replayed through the engine's own train_step.
   rows = sweep.epoch_rows(jax.random.split(order_rng)[1], data.train_rows, data.n_rows,
                           base.batch_size, True)
