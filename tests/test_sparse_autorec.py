@@ -39,6 +39,10 @@ def test_loss_and_grads_match_dense(tiny, kw):
   model = build_model(config, csr.shape[1])
   tx = train.make_optimizer(config, 1)
   params = sa.init_state(model, tx, csr.shape[1], 3).params
+  dense_vg = jax.jit(jax.value_and_grad(
+      lambda p, v, m, w: _dense_loss(model, config, p, v, m, w)))
+  sparse_vg = jax.jit(jax.value_and_grad(
+      lambda p, e, n: sa.sparse_loss(model, config, p, e, n, 16)[0]))
   rng = np.random.default_rng(0)
   for _ in range(2):  # random batches, with padding rows and empty rows
     rows = rng.choice(csr.shape[0], 16, replace=False).astype(np.int32)
@@ -46,11 +50,10 @@ def test_loss_and_grads_match_dense(tiny, kw):
     rows_B = jnp.asarray(rows)
     v, m = src.gather(rows_B)
     w = (rows_B < csr.shape[0]).astype(jnp.float32)
-    ld, gd = jax.value_and_grad(lambda p: _dense_loss(model, config, p, v, m, w))(params)
+    ld, gd = dense_vg(params, v, m, w)
     e = sa.flatten_batch(sd, rows_B)
     assert float(e.valid_T.sum()) == float(m.sum())  # T bounds the batch
-    ls, gs = jax.value_and_grad(lambda p: sa.sparse_loss(
-        model, config, p, e, jnp.sum(w), 16)[0])(params)
+    ls, gs = sparse_vg(params, e, jnp.sum(w))
     np.testing.assert_allclose(float(ls), float(ld), rtol=1e-5)
     for name in gd:
       np.testing.assert_allclose(np.asarray(gs[name]), np.asarray(gd[name]),
