@@ -67,6 +67,8 @@ class Config:
   refit: bool = False              # after selection, retrain on train+valid for best_epoch epochs
   checkpoint_every: int = 10
   dense_budget_mb: int = 1024      # whole matrix on device if it fits, else CSR
+  compute: str = "dense"           # "sparse": touch only observed entries; "auto": time both
+  sparse_batching: str = "stratified"  # sparse path: rows per batch by length band, or "uniform"
   data_parallel: int = 0           # devices on the mesh's 'data' axis; 0 = all left
   model_parallel: int = 1          # devices splitting the N-wide layers ('model' axis)
   eval_batch_size: int = 512
@@ -95,6 +97,10 @@ class Config:
     for f in self.side_features:
       if f not in SIDE_FEATURES:
         bad("side_features", f"unknown {f!r}; choose from {', '.join(SIDE_FEATURES)}")
+    if self.compute not in ("dense", "sparse", "auto"):
+      bad("compute", f"must be dense, sparse or auto, got {self.compute!r}")
+    if self.sparse_batching not in ("stratified", "uniform"):
+      bad("sparse_batching", "must be 'stratified' or 'uniform'")
     if self.side_scaling not in ("none", "standardize"):
       bad("side_scaling", "must be 'none' or 'standardize'")
     if self.loss_denominator not in ("observed", "all"):

@@ -416,8 +416,18 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
   batch_size = config.batch_size if mesh else min(config.batch_size, n_train_rows)
   steps_per_epoch = -(-n_train_rows // batch_size)
   tx = make_optimizer(config, steps_per_epoch)
-  train_epoch = make_train_epoch(model, tx, config, batch_size, mesh)
   evaluate = make_evaluate(model, config, problem.rating_scale, mesh)
+  if config.compute != "dense" and mesh is None:
+    from recae_jax import sparse_autorec  # single-device sparse-aware path
+    train_epoch, epoch_data, compute_info = sparse_autorec.make_epoch_for(
+        config, config.compute, model, tx, problem.fit_data, batch_size,
+        batching=config.sparse_batching)
+    progress(f"compute: {compute_info['compute']}")
+  else:
+    if config.compute != "dense":
+      progress("compute: dense (the sparse path is single-device)")
+    train_epoch = make_train_epoch(model, tx, config, batch_size, mesh)
+    epoch_data, compute_info = None, {"compute": "dense"}
 
   state = init_state(model, tx, problem.fit_data, config.seed)
   if mesh is not None:
@@ -428,6 +438,8 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
         full_data=sharding.replicate(mesh, problem.full_data))
     state = sharding.shard_state(mesh, state)
     progress(f"mesh: {dict(mesh.shape)} over {mesh.devices.size} devices")
+  if epoch_data is None:
+    epoch_data = problem.fit_data
   best_params = state.params
   meta = {"epoch": 0, "best_epoch": 0, "best_valid_rmse": None, "bad_epochs": 0}
   ckpts = ckpt_lib.Checkpoints(workdir / "checkpoints")
@@ -450,7 +462,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
       ckpts.save(meta["epoch"], {"state": state, "best_params": best_params}, dict(meta))
 
   t0 = time.perf_counter()
-  compiled = train_epoch.lower(state, problem.fit_data).compile()
+  compiled = train_epoch.lower(state, epoch_data).compile()
   compile_seconds = time.perf_counter() - t0
   epoch_seconds = []
   start_epoch = meta["epoch"]
@@ -459,7 +471,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
   t_train = time.perf_counter()
   for epoch in range(start_epoch + 1, config.epochs + 1):
     t = time.perf_counter()
-    state, m = compiled(state, problem.fit_data)
+    state, m = compiled(state, epoch_data)
     row = {"epoch": epoch}
     vs = None
     if problem.valid is not None:
@@ -541,7 +553,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
       "train_seconds": train_seconds, "compile_seconds": compile_seconds,
       "epoch_seconds_median": float(np.median(epoch_seconds)) if epoch_seconds else None,
       "dataset": problem.dataset_name, "dataset_files": problem.dataset_files,
-      "device": jax.devices()[0].device_kind,
+      "device": jax.devices()[0].device_kind, "compute": compute_info,
   }
   np.save(workdir / "test_pred.npy", pred)
   if problem.valid is not None:

@@ -219,3 +219,29 @@ def test_train_script_on_ml100k_u1(data_dir, tmp_path):
        "--epochs=40", f"--workdir={tmp_path}"], capture_output=True, text=True)
   assert again.returncode == 2 and "--resume" in again.stderr
   assert "Traceback" not in again.stderr
+
+
+def _run(tiny, tmp_path, name, **kw):
+  ds, split = tiny
+  cfg = make_config("autorec", layers=(32,), l2=1e-3, learning_rate=1e-2,
+                    batch_size=16, **kw)
+  return train.train_and_evaluate(cfg, tmp_path / name, progress=_quiet,
+                                  problem=train.build_problem(cfg, ds, split))
+
+
+def test_sparse_compute_matches_dense_with_the_same_batches(tiny, tmp_path):
+  dense = _run(tiny, tmp_path, "dense", epochs=15)
+  sparse = _run(tiny, tmp_path, "sparse", epochs=15, compute="sparse",
+                sparse_batching="uniform")
+  assert sparse["compute"]["compute"] == "sparse"
+  assert sparse["test_rmse"] == pytest.approx(dense["test_rmse"], abs=1e-4)
+
+
+def test_sparse_stratified_and_auto_compute_learn(tiny, tmp_path):
+  _, split = tiny
+  train_r = split.train.concat(split.valid).ratings
+  baseline = np.sqrt(np.mean((split.test.ratings - train_r.mean()) ** 2))
+  strat = _run(tiny, tmp_path, "strat", epochs=60, compute="sparse")
+  assert strat["test_rmse"] < 0.9 * baseline
+  auto = _run(tiny, tmp_path, "auto", epochs=2, compute="auto")
+  assert auto["compute"]["compute"] == auto["compute"]["choice"] in ("dense", "sparse")
