@@ -193,55 +193,10 @@ def _reduce(s, dev, mode: str, kk: int, cfg: KNNConfig):
   return tuple(t - e for t, e in zip(total, ex))
 
 
-def _ranks(sim_BxU: np.ndarray, row0: int) -> np.ndarray:
-  """Each user's position in the row's similarity order (0 = most similar).
-
-  [B, U + 1]; stable, so equal similarities rank the lower user index first
-  (top_k's tie rule); self ranks last but one and the padding column U last.
-  int16 when it fits: the selection streams these ranks ~log2(U) times. On
-  the host: NumPy's argsort is several times faster than XLA CPU's sort.
-  """
-  b, u = sim_BxU.shape
-  key = -np.asarray(sim_BxU, np.float32)
-  rows = np.arange(b)
-  own = row0 + rows
-  valid = own < u
-  key[rows[valid], own[valid]] = np.inf  # self: never a neighbour
-  order = np.argsort(key, axis=1, kind="stable")
-  dtype = np.int16 if u + 1 < 2 ** 15 else np.int32
-  rank = np.empty((b, u + 1), dtype)
-  rank[rows[:, None], order] = np.arange(u, dtype=dtype)[None, :]
-  rank[:, u] = u
-  return rank
-
-
-def _kth_smallest(r_BxPxW, k: int, n_bits: int):
-  """The k-th smallest (distinct) rank of each row, by bisection on its bits.
-
-  Each step is one streaming compare-and-count over the candidates, much
-  cheaper on CPU than lax.top_k / sort; ranks are distinct, so rank <= result
-  selects exactly the k most similar (ties resolved like top_k).
-  """
-  dt = r_BxPxW.dtype
-  lo = jnp.zeros(r_BxPxW.shape[:-1], dt)            # invariant: lo <= kth < hi
-  hi = jnp.full(r_BxPxW.shape[:-1], 1 << n_bits, dt)
-  for _ in range(n_bits):  # static, ~log2(U) steps
-    mid = lo + (hi - lo) // 2
-    cnt = jnp.sum((r_BxPxW < mid[..., None]).astype(dt), axis=-1)
-    below = cnt >= k
-    lo, hi = jnp.where(below, lo, mid), jnp.where(below, mid, hi)
-  return lo
-
-
 @functools.partial(jax.jit, static_argnames=("cfg", "modes"))
-def _fill_block(sim_BxU, rank_BxU1, row0, mdev_UxI, m_UxI, bucket_items,
-                bucket_idx, bucket_dev, cfg: KNNConfig, modes):
-  """num/den/cnt [B, I] for a user block; sim_BxU has 0 on the self entry.
-
-  Items with at most k raters: three masked matmuls over every rater. The
-  rest: the k-th best rater's rank per (user, item) by bisection, then one
-  masked sum over the item's raters (no top_k).
-  """
+def _fill_block(sim_BxU, row0, mdev_UxI, m_UxI, bucket_items, bucket_idx,
+                bucket_dev, cfg: KNNConfig, modes):
+  """num/den/cnt [B, I] for a user block; sim_BxU has 0 on the self entry."""
   b, u = sim_BxU.shape
   w_BxU = _weights(sim_BxU, cfg)
   hp = jax.lax.Precision.HIGHEST
@@ -253,29 +208,14 @@ def _fill_block(sim_BxU, rank_BxU1, row0, mdev_UxI, m_UxI, bucket_items,
     self_ = (row0 + jnp.arange(b))[:, None] == jnp.arange(u)[None, :]
     sim_ext = jnp.concatenate(
         [jnp.where(self_, -jnp.inf, sim_BxU), jnp.full((b, 1), -jnp.inf)], 1)
-    n_bits = max(1, int(math.ceil(math.log2(u + 1))))
     for items, idx, dev, (mode, kk) in zip(bucket_items, bucket_idx,
                                            bucket_dev, modes):
       s = jnp.take(sim_ext, idx, axis=1)  # [B, P, W]
-      if mode == "sum":
-        n_, d_, c_ = _sums(_weights(s, cfg), dev[None], cfg)
-      else:
-        # Materialised once: fused into each bisection step, XLA would
-        # redo the gather every pass.
-        r = jax.lax.optimization_barrier(jnp.take(rank_BxU1, idx, axis=1))
-        kth = _kth_smallest(r, cfg_k(mode, kk, idx.shape[1]), n_bits)
-        keep = r <= kth[..., None]
-        n_, d_, c_ = _sums(jnp.where(keep, _weights(s, cfg), 0.0), dev[None],
-                           cfg)
+      n_, d_, c_ = _reduce(s, dev[None], mode, kk, cfg)
       num = num.at[:, items].set(n_, mode="drop")
       den = den.at[:, items].set(d_, mode="drop")
       cnt = cnt.at[:, items].set(c_, mode="drop")
   return num, den, cnt
-
-
-def cfg_k(mode: str, kk: int, width: int) -> int:
-  """k back from a bucket's (mode, kk): "comp" stores width - k."""
-  return kk if mode == "top" else width - kk
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "mode", "kk"))
@@ -367,16 +307,14 @@ def fill_matrix(train: Ratings, config: Optional[KNNConfig] = None, *,
   b_idx = tuple(jnp.asarray(b.idx) for b in prep.buckets)
   b_dev = tuple(jnp.asarray(b.dev) for b in prep.buckets)
   modes = tuple((b.mode, b.kk) for b in prep.buckets)
-  needs_rank = any(b.mode != "sum" for b in prep.buckets)
   bs = prep.block_size(block_size)
   out = np.empty((u, i), np.float32)
   fb = np.empty((u, i), bool)
   for start in range(0, u, bs):  # user blocks
     stop = min(start + bs, u)
     sim = prep.feats.block(start, bs)
-    rank = _ranks(sim, start) if needs_rank else None
-    num, den, cnt = _fill_block(sim, rank, start, mdev, m_d, b_items, b_idx,
-                                b_dev, cfg, modes)
+    num, den, cnt = _fill_block(sim, start, mdev, m_d, b_items, b_idx, b_dev,
+                                cfg, modes)
     sl = slice(0, stop - start)
     pred, fall = _finish(np.asarray(num)[sl], np.asarray(den)[sl],
                          np.asarray(cnt)[sl], prep.means[start:stop, None],
