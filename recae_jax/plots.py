@@ -12,8 +12,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def plot_training_curves(runs: dict[str, list[dict]], path) -> pathlib.Path:
   """Train loss and validation RMSE per epoch for one or several runs."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
   for name, rows in runs.items():
     epochs = [r["epoch"] for r in rows]
@@ -27,10 +25,7 @@ def plot_training_curves(runs: dict[str, list[dict]], path) -> pathlib.Path:
     ax.grid(alpha=0.3)
     if len(runs) > 1:
       ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def _save(fig, path) -> pathlib.Path:
@@ -67,15 +62,21 @@ def plot_pred_vs_actual(pred, actual, path, title: str = "") -> pathlib.Path:
 
 
 def plot_reconstruction(original, reconstructed, path, title: str,
-                        xlabel: str = "position") -> pathlib.Path:
-  """S0-style: one user's (or movie's) observed ratings and the model's
-  reconstruction of them, side by side."""
+                        xlabel: str = "position", observed=None) -> pathlib.Path:
+  """S0-style: one user's (or movie's) ratings and the model's reconstruction
+  of them, side by side. With `observed`, imputed originals are drawn hollow."""
   import numpy as np
   original = np.asarray(original, float)
   reconstructed = np.asarray(reconstructed, float)
   x = np.arange(len(original))
   fig, ax = plt.subplots(figsize=(max(6, min(16, 0.12 * len(x) + 4)), 4))
-  ax.plot(x, original, "o", ms=4, label="original")
+  if observed is None:
+    ax.plot(x, original, "o", ms=4, label="original")
+  else:
+    observed = np.asarray(observed, bool)
+    ax.plot(x[observed], original[observed], "o", ms=4, label="original (rated)")
+    ax.plot(x[~observed], original[~observed], "o", ms=4, mfc="none",
+            label="original (imputed)")
   ax.plot(x, reconstructed, "x", ms=4, label="reconstructed")
   ax.vlines(x, original, reconstructed, colors="grey", alpha=0.3, lw=0.8)
   ax.set(xlabel=xlabel, ylabel="rating", title=title)

@@ -200,27 +200,9 @@ def _reconstruct(model, params, x_UxI):
 def plot_vector(original, reconstructed, observed, path, title: str,
                 xlabel: str):
   """Original (observed / imputed marked apart) vs reconstructed ratings."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  import pathlib
-  original = np.asarray(original, float)
-  observed = np.asarray(observed, bool)
-  x = np.arange(len(original))
-  fig, ax = plt.subplots(figsize=(max(6, min(16, 0.12 * len(x) + 4)), 4))
-  ax.plot(x[observed], original[observed], "o", ms=4, label="original (rated)")
-  ax.plot(x[~observed], original[~observed], "o", ms=4, mfc="none",
-          label="original (imputed)")
-  ax.plot(x, reconstructed, "x", ms=4, label="reconstructed")
-  ax.set(xlabel=xlabel, ylabel="rating", title=title, ylim=(0.5, 5.5))
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  from recae_jax import plots
+  return plots.plot_reconstruction(original, reconstructed, path, title, xlabel,
+                                   observed=observed)
 
 
 def find_index(ids: np.ndarray, wanted, what: str) -> int:
