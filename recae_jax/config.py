@@ -67,6 +67,7 @@ class Config:
   refit: bool = False              # after selection, retrain on train+valid for best_epoch epochs
   checkpoint_every: int = 10
   dense_budget_mb: int = 1024      # whole matrix on device if it fits, else CSR
+  compute_dtype: str = "float32"   # "bfloat16": bf16 matmuls, float32 params and loss
   compute: str = "dense"           # "sparse": touch only observed entries; "auto": time both
   sparse_batching: str = "stratified"  # sparse path: rows per batch by length band, or "uniform"
   data_parallel: int = 0           # devices on the mesh's 'data' axis; 0 = all left
@@ -97,6 +98,8 @@ class Config:
     for f in self.side_features:
       if f not in SIDE_FEATURES:
         bad("side_features", f"unknown {f!r}; choose from {', '.join(SIDE_FEATURES)}")
+    if self.compute_dtype not in ("float32", "bfloat16"):
+      bad("compute_dtype", f"must be float32 or bfloat16, got {self.compute_dtype!r}")
     if self.compute not in ("dense", "sparse", "auto"):
       bad("compute", f"must be dense, sparse or auto, got {self.compute!r}")
     if self.sparse_batching not in ("stratified", "uniform"):

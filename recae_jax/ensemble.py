@@ -65,6 +65,7 @@ def train_and_evaluate_ensemble(config: Config, workdir, *, resume: bool = False
     raise UserError("--ensemble/--blend_* need --valid_fraction > 0 to fit weights")
   wd.write_json(workdir / "config.json", config.to_json())
   dataset, split = train.load_split(config)
+  wd.write_json(workdir / "provenance.json", wd.provenance(dataset.files))
   lo, hi = dataset.rating_scale
   base = dataclasses.replace(config, ensemble=1, blend_uautorec=False, blend_knn=False)
   components: dict[str, dict] = {}

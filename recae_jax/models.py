@@ -36,6 +36,7 @@ class AutoEncoder(nn.Module):
   input_dropout: float = 0.0
   input_noise: float = 0.0
   tied: bool = False
+  compute_dtype: str = "float32"  # matmul dtype; parameters stay float32
 
   @nn.compact
   def __call__(self, x_BxN, m_BxN, side_BxS: Optional[jax.Array] = None, *,
@@ -46,6 +47,12 @@ class AutoEncoder(nn.Module):
     """
     act, out_act = _ACT[self.activation], _ACT[self.output_activation]
     init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")  # Xavier
+    dt = jnp.dtype(self.compute_dtype)
+
+    def dense(h, kernel, bias):  # low-precision matmul, float32 accumulate
+      return jnp.matmul(h.astype(dt), kernel.astype(dt),
+                        preferred_element_type=jnp.float32) + bias
+
     x = x_BxN
     if train and self.input_dropout > 0:
       keep = jax.random.bernoulli(self.make_rng("dropout"), 1 - self.input_dropout,
@@ -62,7 +69,7 @@ class AutoEncoder(nn.Module):
       kernel = self.param(f"enc_{i}_kernel", init, (h.shape[-1], width))
       bias = self.param(f"enc_{i}_bias", nn.initializers.zeros, (width,))
       kernels.append(kernel)
-      h = act(h @ kernel + bias)
+      h = act(dense(h, kernel, bias))
     if return_code:
       return h
     if train and self.dropout > 0:
@@ -79,7 +86,7 @@ class AutoEncoder(nn.Module):
       else:
         kernel = self.param(f"dec_{i}_kernel", init, (h.shape[-1], width))
       bias = self.param(f"dec_{i}_bias", nn.initializers.zeros, (width,))
-      h = h @ kernel + bias
+      h = dense(h, kernel, bias)
       h = out_act(h) if i == n - 1 else act(h)
     return h
 
@@ -89,7 +96,8 @@ def build_model(config: Config, n_outputs: int) -> AutoEncoder:
       n_outputs=n_outputs, layers=tuple(config.layers),
       activation=config.activation, output_activation=config.output_activation,
       dropout=config.dropout, input_dropout=config.input_dropout,
-      input_noise=config.input_noise, tied=config.tied)
+      input_noise=config.input_noise, tied=config.tied,
+      compute_dtype=config.compute_dtype)
 
 
 def encode(model: AutoEncoder, params, x_BxN, side_BxS=None):

@@ -64,6 +64,8 @@ def supports(config: Config) -> tuple[bool, str]:
     why.append("input noise (it makes missing inputs nonzero)")
   if config.dense_refeeding:
     why.append("dense re-feeding (dense targets)")
+  if config.compute_dtype != "float32":
+    why.append("bfloat16 compute")
   return (not why, ", ".join(why))
 
 

@@ -448,6 +448,8 @@ def run_sweep(base: Config, configs: Sequence[Config], workdir, *,
   k = len(configs)
   if k == 0:
     raise UserError("--sweep: no members")
+  if base.compute_dtype != "float32":
+    raise UserError("--compute_dtype: sweeps compute in float32 only; drop the flag")
   labels = list(labels) if labels is not None else [f"k{i:02d}" for i in range(k)]
   wd.write_json(workdir / "config.json", {"base": base.to_json(),
                                           "members": [c.to_json() for c in configs]})

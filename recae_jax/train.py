@@ -407,6 +407,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
   if problem is None:
     dataset, split = load_split(config)
     problem = build_problem(config, dataset, split)
+  wd.write_json(workdir / "provenance.json", wd.provenance(problem.dataset_files))
 
   model = build_model(config, problem.n_cols)
   n_train_rows = int(problem.fit_data.train_rows.shape[0])
@@ -484,8 +485,12 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
     if not np.isfinite(row["train_loss"]):
       save_note = (f"last good checkpoint: epoch {meta['epoch']}" if ckpts.steps()
                    else "no checkpoint was written yet")
+      bad = [k for k, v in jax.device_get(state.params).items()
+             if not np.all(np.isfinite(v))]
+      where = f"non-finite parameters: {', '.join(sorted(bad))}" if bad else \
+          "parameters still finite (non-finite data or loss)"
       raise TrainingDiverged(
-          f"training diverged at epoch {epoch}: loss is {row['train_loss']} "
+          f"training diverged at epoch {epoch}: loss is {row['train_loss']}, {where} "
           f"({save_note} in {workdir}/checkpoints); lower --learning_rate or add --grad_clip")
     if vs is not None:
       ve = _errors(vs)

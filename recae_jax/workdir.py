@@ -48,3 +48,40 @@ def _default(o):
   if hasattr(o, "tolist"):
     return o.tolist()
   raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def provenance(dataset_files: dict | None = None) -> dict:
+  """What is needed to repeat a run: versions, code commit, device, data hashes."""
+  import importlib.metadata as md
+  import platform
+  import subprocess
+  import sys
+
+  import jax
+
+  versions = {}
+  for pkg in ("recae_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
+              "numpy", "pandas"):
+    try:
+      versions[pkg] = md.version(pkg)
+    except md.PackageNotFoundError:
+      versions[pkg] = None
+  repo = pathlib.Path(__file__).resolve().parent.parent
+  commit = dirty = None
+  try:
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"],
+                            capture_output=True, text=True, timeout=10).stdout.strip() or None
+    if commit:
+      dirty = bool(subprocess.run(["git", "-C", str(repo), "status", "--porcelain",
+                                   "--untracked-files=no"], capture_output=True,
+                                  text=True, timeout=10).stdout.strip())
+  except (OSError, subprocess.SubprocessError):
+    pass
+  devices = jax.devices()
+  return {
+      "versions": versions, "python": platform.python_version(),
+      "git_commit": commit, "git_dirty": dirty, "argv": list(sys.argv),
+      "platform": platform.platform(), "device_kind": devices[0].device_kind,
+      "device_count": len(devices), "process_count": jax.process_count(),
+      "dataset_files_sha256": dict(dataset_files or {}),
+  }

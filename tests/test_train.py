@@ -171,7 +171,8 @@ def test_nan_stops_training_and_keeps_last_checkpoint(tiny, tmp_path):
   bad = problem.fit_data.replace(source=src.replace(values_RxN=src.values_RxN.at[0, :].set(jnp.nan)))
   problem = dataclasses.replace(problem, fit_data=bad)
   more = dataclasses.replace(cfg, epochs=4)
-  with pytest.raises(train.TrainingDiverged, match="epoch 3.*last good checkpoint: epoch 2"):
+  with pytest.raises(train.TrainingDiverged,
+                     match="epoch 3.*non-finite parameters: .*enc_0_kernel.*last good checkpoint: epoch 2"):
     train.train_and_evaluate(more, tmp_path, resume=True, progress=_quiet, problem=problem)
   from recae_jax.checkpoint import Checkpoints
   assert Checkpoints(tmp_path / "checkpoints").steps()[-1] == 2
@@ -245,3 +246,20 @@ def test_sparse_stratified_and_auto_compute_learn(tiny, tmp_path):
   assert strat["test_rmse"] < 0.9 * baseline
   auto = _run(tiny, tmp_path, "auto", epochs=2, compute="auto")
   assert auto["compute"]["compute"] == auto["compute"]["choice"] in ("dense", "sparse")
+
+
+def test_bfloat16_compute_trains_close_to_float32(tiny, tmp_path):
+  f32 = _run(tiny, tmp_path, "f32", epochs=20)
+  bf16 = _run(tiny, tmp_path, "bf16", epochs=20, compute_dtype="bfloat16")
+  cfg = json.loads((tmp_path / "bf16" / "config.json").read_text())
+  assert cfg["compute_dtype"] == "bfloat16"
+  assert abs(bf16["test_rmse"] - f32["test_rmse"]) < 0.05, (bf16, f32)
+  assert bf16["test_rmse"] != f32["test_rmse"]  # the flag really changes the math
+
+
+def test_workdir_records_provenance(tiny, tmp_path):
+  _run(tiny, tmp_path, "run", epochs=1)
+  prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
+  assert prov["versions"]["jax"] == jax.__version__
+  assert prov["device_kind"] and prov["device_count"] >= 1
+  assert prov["git_commit"] is None or len(prov["git_commit"]) == 40
