@@ -51,7 +51,9 @@ def test_corated_matches_pandas(min_periods, integer):
                             min_support=min_periods)
   # Documented: a co-rated variance below ~1e-5 of the raw sum of squares is
   # float32 noise and counts as zero variance (pandas, in float64, says ±1).
-  x = np.where(m, r - np.nanmean(np.where(m, r, np.nan), 1, keepdims=True), 0)
+  counts = m.sum(1, keepdims=True)
+  means = np.where(m, r, 0).sum(1, keepdims=True) / np.maximum(counts, 1)
+  x = np.where(m, r - means, 0)  # rows with no ratings stay all zero
   mf = m.astype(float)
   n = mf @ mf.T
   with np.errstate(invalid="ignore", divide="ignore"):
