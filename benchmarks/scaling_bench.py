@@ -19,7 +19,6 @@ and OUT/scaling.png and prints the JSON.
 
 import dataclasses
 import json
-import os
 import pathlib
 import resource
 import subprocess

@@ -13,7 +13,6 @@ noise hits both. Prints JSON with both epoch medians and their ratio.
 
 import json
 import os
-import sys
 import time
 
 from absl import app, flags

@@ -31,9 +31,7 @@ features or input noise (see `supports`).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 import time
 from typing import Any, Callable, Optional
 
@@ -375,44 +373,3 @@ def make_epoch_for(config: Config, compute: str, model: AutoEncoder, tx,
     info["compute"] = "sparse"
     return make_train_epoch(model, tx, config), sd, info
   return train_lib.make_train_epoch(model, tx, config, batch_size), fit_data, info
-
-
-def fit_and_evaluate(config: Config, problem: train_lib.Problem, compute: str = "sparse",
-                     *, batching: str = "stratified") -> dict:
-  """Trains with validation selection (no workdir) and returns test RMSE —
-  enough to compare the two paths' accuracy on the same problem."""
-  model = build_model(config, problem.n_cols)
-  n_train = int(problem.fit_data.train_rows.shape[0])
-  batch = min(config.batch_size, n_train)
-  tx = train_lib.make_optimizer(config, -(-n_train // batch))
-  epoch_fn, epoch_data, info = make_epoch_for(config, compute, model, tx,
-                                              problem.fit_data, batch, batching=batching)
-  evaluate = train_lib.make_evaluate(model, config, problem.rating_scale)
-  state = init_state(model, tx, problem.n_cols, config.seed)
-  best, best_params, best_epoch, bad = math.inf, state.params, 0, 0
-  seconds = []
-  for epoch in range(1, config.epochs + 1):
-    t = time.perf_counter()
-    state, m = epoch_fn(state, epoch_data)
-    jax.block_until_ready(m)
-    seconds.append(time.perf_counter() - t)
-    if problem.valid is None:
-      best_params, best_epoch = state.params, epoch
-      continue
-    v = problem.valid
-    _, vs = evaluate(state.params, problem.fit_data, v.blocks, v.target, v.fb_mask,
-                     v.fb_value)
-    r = math.sqrt(float(vs["sse"]) / max(1.0, float(vs["count"])))
-    if r < best:
-      best, best_params, best_epoch, bad = r, jax.tree.map(jnp.copy, state.params), epoch, 0
-    else:
-      bad += 1
-      if config.patience and bad >= config.patience:
-        break
-  t_ = problem.test
-  _, ts = evaluate(best_params, problem.full_data, t_.blocks, t_.target, t_.fb_mask,
-                   t_.fb_value)
-  return {"test_rmse": math.sqrt(float(ts["sse"]) / max(1.0, float(ts["count"]))),
-          "best_valid_rmse": best, "best_epoch": best_epoch,
-          "epoch_seconds_median": float(np.median(seconds[1:] or seconds)),
-          "compute": info["compute"]}

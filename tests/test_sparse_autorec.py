@@ -83,14 +83,18 @@ def test_stratified_batches_cover_rows_within_bound(tiny):
   assert totals.max() <= sd.max_entries
 
 
-def test_sparse_training_matches_dense_accuracy(tiny):
+def test_sparse_training_matches_dense_accuracy(tiny, tmp_path):
   dataset, split = tiny
-  config = make_config("autorec", layers=(32,), epochs=40, batch_size=16, patience=0,
-                       l2=1e-3, learning_rate=1e-2)
-  problem = train.build_problem(config, dataset, split)
-  dense = sa.fit_and_evaluate(config, problem, "dense")
-  sparse_ = sa.fit_and_evaluate(config, problem, "sparse")
-  assert sparse_["compute"] == "sparse" and dense["compute"] == "dense"
+  results = {}
+  for compute in ("dense", "sparse"):
+    config = make_config("autorec", layers=(32,), epochs=40, batch_size=16, patience=0,
+                         l2=1e-3, learning_rate=1e-2, compute=compute)
+    results[compute] = train.train_and_evaluate(
+        config, tmp_path / compute, progress=lambda _: None,
+        problem=train.build_problem(config, dataset, split))
+  dense, sparse_ = results["dense"], results["sparse"]
+  assert sparse_["compute"]["compute"] == "sparse"
+  assert dense["compute"]["compute"] == "dense"
   mean = float(np.mean(split.train.ratings))
   baseline = float(np.sqrt(np.mean((split.test.ratings - mean) ** 2)))
   assert sparse_["test_rmse"] < 0.9 * baseline, (sparse_, dense, baseline)
