@@ -121,12 +121,17 @@ def _run_train(row: Row, out: pathlib.Path, quick: bool, data_dir, progress) -> 
   # A directory without metrics.json is an interrupted run: continue it.
   resume = out.exists() and any(out.iterdir())
   m = train.train_and_evaluate(cfg, out, resume=resume, progress=progress)
-  return _from_train_metrics(m)
+  return _from_train_metrics(m, out)
 
 
-def _from_train_metrics(m: dict) -> dict:
+def _from_train_metrics(m: dict, out: pathlib.Path) -> dict:
   best = m.get("best_epoch")
   notes = []
+  hist = out / "metrics.jsonl"
+  rows = [json.loads(x) for x in hist.read_text().splitlines() if x.strip()] \
+      if hist.exists() else []
+  if rows and "train_rmse" in rows[-1]:  # S3's write-up quotes its final train loss
+    notes.append(f"last-epoch train RMSE {rows[-1]['train_rmse']:.3f}")
   if m.get("test_rmse_user_mean") is not None:
     notes.append(f"per-user-mean RMSE {m['test_rmse_user_mean']:.4f}")
   if isinstance(best, list):  # an ensemble: each member's selected epoch
@@ -158,10 +163,11 @@ def _run_s0(row: Row, out: pathlib.Path, quick: bool, data_dir, progress) -> dic
        "history": [{"epoch": e + 1, "train_loss": v} for e, v in enumerate(res.losses)]}
   wd.write_json(out / "metrics.json", m)
   progress(f"{row.name}: reconstruction RMSE {res.rmse_test:.4f}")
-  return _from_s0_metrics(m)
+  return _from_s0_metrics(m, out)
 
 
-def _from_s0_metrics(m: dict) -> dict:
+def _from_s0_metrics(m: dict, out: pathlib.Path) -> dict:
+  del out
   return {"rmse": m["reconstruction_rmse_test"], "mae": m["reconstruction_mae_test"],
           "epochs": m["epochs"],
           "notes": (f"reconstruction of the filled matrix, held-out users; "
@@ -184,10 +190,11 @@ def _run_knn(row: Row, out: pathlib.Path, quick: bool, data_dir, progress) -> di
        "n_test_fallback": int(n_fb), "knn": dataclasses.asdict(cfg)}
   wd.write_json(out / "metrics.json", m)
   progress(f"{row.name}: test RMSE {err['rmse']:.4f}")
-  return _from_knn_metrics(m)
+  return _from_knn_metrics(m, out)
 
 
-def _from_knn_metrics(m: dict) -> dict:
+def _from_knn_metrics(m: dict, out: pathlib.Path) -> dict:
+  del out
   return {"rmse": m["test_rmse"], "mae": m["test_mae"], "epochs": None,
           "notes": f"{m['n_test_fallback']} of {m['n_test']} test pairs by fallback"}
 
@@ -202,12 +209,14 @@ def _run_topn(row: Row, out: pathlib.Path, quick: bool, data_dir, progress) -> d
       over["eval_every"] = 1
   res = topn.run(topn.make_topn_config(model, **over), out, progress=progress)
   res.pop("_fitted", None)
-  return _from_topn_metrics(res)
+  return _from_topn_metrics(res, out)
 
 
-def _from_topn_metrics(m: dict) -> dict:
+def _from_topn_metrics(m: dict, out: pathlib.Path) -> dict:
+  del out
   t = m["test"]
-  notes = f"{m['n_test_users']} test users, selected on {m['n_valid_users']} valid users"
+  notes = (f"{m['n_test_users']} test users, selected on {m['n_valid_users']} valid "
+           "users; one split seed (the README averages 3)")
   if m.get("best_lambda") is not None:
     notes += f"; λ = {m['best_lambda']:g}"
   return {"ndcg@100": t["ndcg@100"], "recall@20": t["recall@20"],
@@ -230,7 +239,7 @@ def run_row(row: Row, runs: pathlib.Path, *, quick: bool, data_dir: Optional[str
     shutil.rmtree(out)
   if done.exists():
     progress(f"== {row.name}: reusing {done}")
-    entry = _READERS[row.kind](json.loads(done.read_text()))
+    entry = _READERS[row.kind](json.loads(done.read_text()), out)
     entry["seconds"] = (json.loads(timing.read_text())["seconds"]
                         if timing.exists() else None)
   else:
@@ -277,7 +286,7 @@ def write_report(entries: list[dict], out: pathlib.Path, quick: bool) -> pathlib
              _fmt(e.get("recall@20"), 3), _fmt(e.get("recall@50"), 3),
              _fmt(e.get("epochs")), _fmt(e.get("seconds"), 1), e["published"],
              e.get("notes", "")]
-    lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
   lines += ["", "Plots: `plots/rmse.png` (test RMSE per row), `plots/topn.png` "
             "(top-N metrics), `plots/training_curves.png` (train loss and validation "
             "RMSE of the trained rows); each run's own files are in `runs/<row>/`.", ""]
