@@ -3,14 +3,22 @@
 Each checkpoint holds the train state, the best parameters seen so far and a
 JSON of bookkeeping (epoch, best epoch, best validation RMSE). Orbax writes to
 a temporary directory and renames it when complete, so a process killed
-mid-save never leaves a half-written checkpoint as "latest"; restore walks
-back from the newest step to the newest one that loads.
+mid-save never leaves a half-written checkpoint as "latest". After each save
+a sha256 manifest of the step's files goes to `<dir>_manifests/STEP.json`;
+restore checks it before asking orbax (a damaged file is found without
+orbax's noisy failure), moves unreadable steps aside to `<dir>_corrupt/` so
+they are never picked again, and walks back to the newest step that loads.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import pathlib
+import shutil
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -22,6 +30,8 @@ class Checkpoints:
 
   def __init__(self, directory, max_to_keep: int = 2):
     self.directory = pathlib.Path(directory).absolute()
+    self._manifests = self.directory.with_name(self.directory.name + "_manifests")
+    self._corrupt = self.directory.with_name(self.directory.name + "_corrupt")
     self._mngr = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -32,30 +42,73 @@ class Checkpoints:
   def steps(self) -> list[int]:
     return sorted(self._mngr.all_steps())
 
+  def check_space(self, tree) -> None:
+    """UserError before training if the disk cannot hold the checkpoints."""
+    # max_to_keep steps plus the one being written.
+    need = 3 * sum(x.nbytes for x in jax.tree.leaves(tree))
+    free = shutil.disk_usage(self.directory).free
+    if free < need:
+      raise UserError(f"{self.directory}: {free / 2**20:.1f} MiB free but checkpoints "
+                      f"need about {need / 2**20:.1f} MiB; free space or choose "
+                      "another --workdir")
+
   def save(self, step: int, state, meta: dict) -> None:
-    self._mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        force=True)
-    self._mngr.wait_until_finished()
+    try:
+      self._mngr.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+          force=True)
+      self._mngr.wait_until_finished()
+    except OSError as e:  # disk full, permissions: the previous step stays intact
+      raise UserError(f"could not write checkpoint {step} to {self.directory}: "
+                      f"{e.strerror or e}") from None
+    self._manifests.mkdir(exist_ok=True)
+    tmp = self._manifests / f".{step}.json.tmp"
+    tmp.write_text(json.dumps(_hash_tree(self.directory / str(step))))
+    os.replace(tmp, self._manifests / f"{step}.json")
+    for old in self._manifests.glob("*.json"):  # manifests of deleted steps
+      if old.stem.isdigit() and not (self.directory / old.stem).exists():
+        old.unlink(missing_ok=True)
+
+  def _intact(self, step: int) -> bool:
+    """False when the step's files differ from its manifest (None: no manifest)."""
+    manifest = self._manifests / f"{step}.json"
+    if not manifest.exists():
+      return True  # written by a process killed right after orbax finished
+    try:
+      return json.loads(manifest.read_text()) == _hash_tree(self.directory / str(step))
+    except (OSError, ValueError):
+      return False
+
+  def _set_aside(self, step: int, why: str) -> None:
+    logging.warning("checkpoint %d in %s is unreadable (%s); moved to %s, trying "
+                    "an older one", step, self.directory, why, self._corrupt)
+    self._corrupt.mkdir(exist_ok=True)
+    shutil.move(str(self.directory / str(step)),
+                str(self._corrupt / f"{step}-{int(time.time())}"))
+    (self._manifests / f"{step}.json").unlink(missing_ok=True)
+    self._mngr.reload()
 
   def restore_latest(self, abstract_state):
     """(state, meta) of the newest checkpoint that loads, or None if none exist.
 
-    A checkpoint that fails to load (truncated, corrupted) is skipped with a
-    warning and the previous one is tried.
+    A checkpoint that fails its manifest or fails to load (truncated,
+    corrupted) is set aside with a warning and the previous one is tried.
     """
     steps = self.steps()
     errors = []
     for step in reversed(steps):
+      if not self._intact(step):
+        errors.append(f"step {step}: files differ from their sha256 manifest")
+        self._set_aside(step, "files differ from their sha256 manifest")
+        continue
       try:
         restored = self._mngr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
             meta=ocp.args.JsonRestore()))
         return restored["state"], restored["meta"]
       except Exception as e:  # orbax raises many types for damaged files
-        logging.warning("checkpoint %d in %s is unreadable (%s); trying an older one",
-                        step, self.directory, type(e).__name__)
         errors.append(f"step {step}: {type(e).__name__}")
+        self._set_aside(step, type(e).__name__)
     if steps:
       raise UserError(f"no readable checkpoint in {self.directory} "
                       f"({'; '.join(errors)}); start a fresh run in a new workdir")
@@ -63,6 +116,19 @@ class Checkpoints:
 
   def close(self):
     self._mngr.close()
+
+
+def _hash_tree(root: pathlib.Path) -> dict:
+  """relative path -> sha256 of every file under root."""
+  out = {}
+  for p in sorted(root.rglob("*")):
+    if p.is_file():
+      h = hashlib.sha256()
+      with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+          h.update(chunk)
+      out[str(p.relative_to(root))] = h.hexdigest()
+  return out
 
 
 def abstract_like(tree):

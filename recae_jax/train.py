@@ -444,6 +444,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
   best_params = state.params
   meta = {"epoch": 0, "best_epoch": 0, "best_valid_rmse": None, "bad_epochs": 0}
   ckpts = ckpt_lib.Checkpoints(workdir / "checkpoints")
+  ckpts.check_space({"state": state, "best_params": best_params})
   history_path = workdir / "metrics.jsonl"
   if resume:
     restored = ckpts.restore_latest(ckpt_lib.abstract_like(

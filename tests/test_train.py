@@ -265,3 +265,13 @@ def test_workdir_records_provenance(tiny, tmp_path):
   assert prov["versions"]["jax"] == jax.__version__
   assert prov["device_kind"] and prov["device_count"] >= 1
   assert prov["git_commit"] is None or len(prov["git_commit"]) == 40
+
+
+def test_full_disk_is_refused_before_training(tiny, tmp_path, monkeypatch):
+  import collections
+  import shutil
+  usage = collections.namedtuple("usage", "total used free")
+  monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**6, 10**6 - 1000, 1000))
+  with pytest.raises(UserError, match="MiB free but checkpoints need"):
+    _run(tiny, tmp_path, "full", epochs=3)
+  assert not (tmp_path / "full" / "metrics.jsonl").exists()
