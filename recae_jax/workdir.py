@@ -22,8 +22,17 @@ def ensure_writable(workdir: str | os.PathLike) -> pathlib.Path:
   return path
 
 
+def is_primary() -> bool:
+  """Only process 0 writes workdir files in a multi-host run (orbax
+  coordinates its own checkpoint writes across processes)."""
+  import jax
+  return jax.process_index() == 0
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
   """Writes JSON via a temp file + rename (atomic on POSIX)."""
+  if not is_primary():
+    return
   path = pathlib.Path(path)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
   try:
@@ -37,6 +46,8 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 
 def append_jsonl(path: str | os.PathLike, obj) -> None:
+  if not is_primary():
+    return
   with open(path, "a") as f:
     f.write(json.dumps(obj, sort_keys=True, default=_default) + "\n")
     f.flush()
