@@ -14,6 +14,7 @@ skips finished members and continues an interrupted one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 from typing import Callable
@@ -29,17 +30,16 @@ _DATA_FIELDS = ("dataset", "data_dir", "split", "test_fraction", "time_quantile"
                 "eval_batch_size", "fallback", "dense_budget_mb")
 
 
-def _member_run(config: Config, workdir: pathlib.Path, dataset, split, resume: bool,
-                progress) -> dict:
+def _member_run(config: Config, workdir: pathlib.Path, make_problem: Callable,
+                resume: bool, progress) -> dict:
   from recae_jax import train
   metrics_path = workdir / "metrics.json"
   if resume and metrics_path.exists() and (workdir / "test_pred.npy").exists():
     progress(f"member {workdir.name}: finished earlier, reusing its predictions")
     metrics = json.loads(metrics_path.read_text())
   else:
-    problem = train.build_problem(config, dataset, split)
     metrics = train.train_and_evaluate(config, workdir, resume=resume,
-                                       progress=progress, problem=problem)
+                                       progress=progress, problem=make_problem())
   return {"metrics": metrics, "valid": np.load(workdir / "valid_pred.npy"),
           "test": np.load(workdir / "test_pred.npy")}
 
@@ -70,11 +70,13 @@ def train_and_evaluate_ensemble(config: Config, workdir, *, resume: bool = False
   base = dataclasses.replace(config, ensemble=1, blend_uautorec=False, blend_knn=False)
   components: dict[str, dict] = {}
   members = []
+  # Members differ only in their seed, so they share one device-resident problem.
+  member_problem = functools.cache(lambda: train.build_problem(base, dataset, split))
   for k in range(config.ensemble):
     member_cfg = dataclasses.replace(base, seed=config.seed + k)
     progress(f"== member {k + 1}/{config.ensemble} (seed {member_cfg.seed})")
-    members.append(_member_run(member_cfg, workdir / "members" / f"m{k}", dataset,
-                               split, resume, progress))
+    members.append(_member_run(member_cfg, workdir / "members" / f"m{k}", member_problem,
+                               resume, progress))
   components["autoencoder_mean"] = {
       "valid": np.mean([m["valid"] for m in members], axis=0),
       "test": np.mean([m["test"] for m in members], axis=0)}
@@ -82,8 +84,9 @@ def train_and_evaluate_ensemble(config: Config, workdir, *, resume: bool = False
     ucfg = make_config("uautorec", **{f: getattr(config, f) for f in _DATA_FIELDS},
                        seed=config.seed, refit=config.refit)
     progress("== U-AutoRec component")
-    components["uautorec"] = _member_run(ucfg, workdir / "members" / "uautorec",
-                                         dataset, split, resume, progress)
+    components["uautorec"] = _member_run(
+        ucfg, workdir / "members" / "uautorec",
+        lambda: train.build_problem(ucfg, dataset, split), resume, progress)
   if config.blend_knn:
     progress("== Pearson user-KNN component")
     components["knn"] = _knn_component(split, dataset.rating_scale)

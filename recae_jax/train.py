@@ -14,7 +14,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import json
 import math
+import os
 import pathlib
 import time
 from typing import Any, Callable, Optional
@@ -586,7 +588,6 @@ def _progress_line(row: dict, epochs: int, epoch_seconds: list) -> str:
 
 
 def _read_history(path: pathlib.Path, upto: int) -> list[dict]:
-  import json
   if not path.exists():
     return []
   rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -594,8 +595,6 @@ def _read_history(path: pathlib.Path, upto: int) -> list[dict]:
 
 
 def _write_history(path: pathlib.Path, rows: list[dict]) -> None:
-  import json
-  import os
   tmp = path.with_suffix(".jsonl.tmp")
   tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
   os.replace(tmp, path)

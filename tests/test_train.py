@@ -275,3 +275,24 @@ def test_full_disk_is_refused_before_training(tiny, tmp_path, monkeypatch):
   with pytest.raises(UserError, match="MiB free but checkpoints need"):
     _run(tiny, tmp_path, "full", epochs=3)
   assert not (tmp_path / "full" / "metrics.jsonl").exists()
+
+
+def test_ensemble_blends_members_on_validation(tmp_path):
+  from conftest import low_rank_ratings
+  ds, _ = low_rank_ratings(n_users=150, n_items=80)
+  r = ds.ratings
+  csv = tmp_path / "ratings.csv"
+  csv.write_text("user,item,rating,timestamp\n" + "".join(
+      f"{u + 1},{i + 1},{int(x)},{t}\n"
+      for u, i, x, t in zip(r.users, r.items, r.ratings, r.timestamps)))
+  cfg = make_config("autorec", dataset=str(csv), split="random", test_fraction=0.2,
+                    valid_fraction=0.1, layers=(16,), learning_rate=1e-2, batch_size=16,
+                    epochs=8, ensemble=2, blend_uautorec=True)
+  res = train.train_and_evaluate(cfg, tmp_path / "ens", progress=_quiet)
+  assert set(res["components"]) == {"autoencoder_mean", "uautorec"}
+  assert len(res["member_test_rmse"]) == 2 and np.isfinite(res["test_rmse"])
+  # the blend is fitted on validation, so it is no worse there than either part
+  for part in res["components"].values():
+    assert res["valid_rmse"] <= part["valid_rmse"] + 1e-6
+  for name in ("m0", "m1", "uautorec"):
+    assert (tmp_path / "ens" / "members" / name / "test_pred.npy").exists()
