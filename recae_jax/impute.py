@@ -16,11 +16,15 @@ mean. Output never contains NaN.
 
 How it stays fast without Python loops over users or items: "all raters" is
 three masked matmuls (`W @ (m·dev)`, `|W| @ m`, `[W≠0] @ m`). The top-k among
-raters of p only matters for items with more than k raters; those go into a
-few width buckets (each item's raters padded to a bucket width W), and for a
-block of users the candidate similarities are one gather [B, P, W] followed by
-`lax.top_k` — or, when W − k < k, the complement: everything minus the W − k
-worst, which is a much cheaper top_k. Blocks of users bound the memory.
+raters of p only matters for items with more than k raters. For those, each
+user's neighbours are ranked once (one host sort per user block; ranks are
+distinct, ties going to the lower user index), so "the k best raters of p"
+becomes "raters ranked below the k-th smallest rank among them", found by
+bisection: ~log2(U) streaming compare-and-count passes instead of a top_k or
+sort per (user, item). Items go into a few width buckets (raters padded to W),
+and the candidates are laid out [item, W, user] so they are row gathers from
+a [U+1, B] rank table and every reduction is vectorised over users. On
+ML-100K this is ~8x faster than lax.top_k over [user, item, W].
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +44,10 @@ from recae_jax.errors import UserError
 
 DENOMINATORS = ("abs", "signed")
 
-# Elements of the largest [B, P, W] candidate tensor per user block.
+# Elements of a user block's [B, U] / [B, I] arrays.
 _ELEMENT_BUDGET = 1 << 24
+# Candidates per chunk of fill_matrix's top-k selection (fits in cache).
+_CHUNK_BUDGET = 1 << 21
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,8 +109,6 @@ class _Bucket:
   items: np.ndarray   # int32 [P] item ids
   idx: np.ndarray     # int32 [P, W] rater user ids, padded with U
   dev: np.ndarray     # float32 [P, W] r_bp - mean_b, padded with 0
-  mode: str           # "sum" (all raters), "top" (top k) or "comp"
-  kk: int             # top_k size: k for "top", W - k for "comp"
 
 
 def _width(n: np.ndarray) -> np.ndarray:
@@ -116,14 +120,13 @@ def _width(n: np.ndarray) -> np.ndarray:
                            2 ** (e + 1)))
 
 
-def _rater_buckets(rows: sim_lib._Rows, k: Optional[int],
-                   min_raters: int) -> list[_Bucket]:
+def _rater_buckets(rows: sim_lib._Rows, min_raters: int) -> list[_Bucket]:
   """Items with more than `min_raters` raters, grouped by padded width."""
   u = rows.n_rows
   users = np.repeat(np.arange(u, dtype=np.int32), rows.counts)
   items = rows.indices
   dev = rows.values - rows.means[users]
-  order = np.lexsort((users, items))  # by item, then user (tie order)
+  order = np.lexsort((users, items))  # by item, then user
   users, items, dev = users[order], items[order], dev[order]
   counts = np.bincount(items, minlength=rows.n_cols)
   starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -135,102 +138,151 @@ def _rater_buckets(rows: sim_lib._Rows, k: Optional[int],
     slot = np.full(rows.n_cols, -1, np.int64)
     slot[its] = np.arange(len(its))
     sel = slot[items] >= 0
-    # Rows padded to a power of two so other folds / datasets reuse compiles;
-    # padded rows point at item n_cols (dropped on scatter) and user U.
-    n_rows = 1 << int(math.ceil(math.log2(max(len(its), 8))))
-    idx = np.full((n_rows, w), u, np.int32)
-    dv = np.zeros((n_rows, w), np.float32)
+    idx = np.full((len(its), w), u, np.int32)
+    dv = np.zeros((len(its), w), np.float32)
     idx[slot[items[sel]], pos[sel]] = users[sel]
     dv[slot[items[sel]], pos[sel]] = dev[sel]
-    its = np.concatenate([its, np.full(n_rows - len(its), rows.n_cols,
-                                       np.int32)])
-    if k is None or w <= k:
-      mode, kk = "sum", 0
-    elif w - k < k:
-      mode, kk = "comp", int(w - k)
-    else:
-      mode, kk = "top", int(k)
-    buckets.append(_Bucket(its, idx, dv, mode, kk))
+    buckets.append(_Bucket(its, idx, dv))
   return buckets
+
+
+def _pad_rows(b: _Bucket, n_rows: int, n_users: int, n_items: int) -> _Bucket:
+  """Padding rows point at item n_items (dropped) and user n_users (no rank)."""
+  extra = n_rows - len(b.items)
+  return _Bucket(np.pad(b.items, (0, extra), constant_values=n_items),
+                 np.pad(b.idx, ((0, extra), (0, 0)), constant_values=n_users),
+                 np.pad(b.dev, ((0, extra), (0, 0))))
+
+
+# ------------------------------------------------------------ neighbour order
+
+
+def _neighbour_ranks(sim_BxU, row0: int) -> np.ndarray:
+  """[B, U + 1] position of every user in each row's neighbour order.
+
+  0 = most similar; equal similarities rank the lower user index first (the
+  tie rule of top_k and of the references). The row's own user and the
+  padding column U get rank U: never a neighbour. Ranks are distinct, so
+  "the k best raters of p" is exactly "raters ranked below the k-th smallest
+  rank among them" and needs no sort per item. On the host: NumPy's SIMD
+  sort of one int64 key (similarity bits, user index) is ~20x faster here
+  than XLA CPU's sort.
+  """
+  s = np.asarray(sim_BxU, np.float32) + np.float32(0)  # -0.0 -> +0.0
+  b, u = s.shape
+  bits = s.view(np.int32)
+  ascending = np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits)
+  key = (~ascending).astype(np.int64) << 32  # most similar first
+  key |= np.arange(u, dtype=np.int64)        # then the lower user index
+  key.sort(axis=1)
+  dtype = np.int16 if u < np.iinfo(np.int16).max else np.int32
+  rank = np.empty((b, u + 1), dtype)
+  np.put_along_axis(rank, (key & 0xFFFFFFFF).astype(np.int64),
+                    np.arange(u, dtype=dtype)[None, :], axis=1)
+  rows = np.arange(b)
+  own = rows[row0 + rows < u]
+  rank[own, row0 + own] = u
+  rank[:, u] = u
+  return rank
 
 
 # ------------------------------------------------------------ device math
 
 
-def _weights(s, cfg: KNNConfig):
-  """Similarity → weight; -inf (not a candidate) → 0."""
-  if cfg.positive_only:
-    return jnp.where(s > 0, s, 0.0)
-  return jnp.where(jnp.isfinite(s), s, 0.0)
+class _Rule(NamedTuple):
+  """The only KNNConfig fields the device math depends on (its jit key)."""
+  positive_only: bool
+  signed: bool
+
+  @classmethod
+  def of(cls, cfg: KNNConfig) -> "_Rule":
+    return cls(bool(cfg.positive_only), cfg.denominator == "signed")
 
 
-def _sums(w, dev, cfg: KNNConfig, axis=-1):
+def _weights(s, rule: _Rule):
+  return jnp.maximum(s, 0.0) if rule.positive_only else s
+
+
+def _sums(w, dev, rule: _Rule, axis=-1):
   num = jnp.sum(w * dev, axis=axis)
-  den = jnp.sum(jnp.abs(w) if cfg.denominator == "abs" else w, axis=axis)
+  den = jnp.sum(w if rule.signed else jnp.abs(w), axis=axis)
   cnt = jnp.sum((w != 0).astype(jnp.float32), axis=axis)
   return num, den, cnt
 
 
-def _reduce(s, dev, mode: str, kk: int, cfg: KNNConfig):
-  """(num, den, cnt) over the last axis of candidate sims s / deviations dev.
+def _rank_cutoff(r, k: int, n_ranks: int, axis: int):
+  """Smallest t with at least k ranks < t along `axis` (n_ranks if none).
 
-  s is -inf where there is no candidate (padding, or the user itself).
+  Bisection: each of the ~log2(U) steps is one streaming compare-and-count,
+  far cheaper on CPU than lax.top_k (which here costs ~30 ns per element).
   """
-  if mode == "sum":
-    return _sums(_weights(s, cfg), dev, cfg)
-  if mode == "top":
-    v, pos = jax.lax.top_k(s, kk)
-    d = jnp.take_along_axis(jnp.broadcast_to(dev, s.shape), pos, axis=-1)
-    return _sums(_weights(v, cfg), d, cfg)
-  # comp: all minus the kk worst. Reversed so ties exclude the higher user
-  # index first, matching top_k's "lower index wins".
-  total = _sums(_weights(s, cfg), dev, cfg)
-  neg = jnp.flip(jnp.where(jnp.isfinite(s), -s, jnp.inf), axis=-1)
-  v, pos = jax.lax.top_k(neg, kk)
-  d = jnp.take_along_axis(jnp.broadcast_to(jnp.flip(dev, -1), s.shape), pos,
-                          axis=-1)
-  ex = _sums(_weights(-v, cfg), d, cfg)
-  return tuple(t - e for t, e in zip(total, ex))
+  axis %= r.ndim
+  shape = r.shape[:axis] + r.shape[axis + 1:]
+  lo = jnp.zeros(shape, r.dtype)            # count(lo) < k
+  hi = jnp.full(shape, n_ranks, r.dtype)    # count(hi) >= k, or hi = n_ranks
+  def step(_, bounds):
+    lo, hi = bounds
+    mid = lo + (hi - lo) // 2
+    cnt = jnp.sum((r < jnp.expand_dims(mid, axis)).astype(r.dtype), axis)
+    enough = cnt >= k
+    return jnp.where(enough, lo, mid), jnp.where(enough, mid, hi)
+  steps = max(1, math.ceil(math.log2(n_ranks + 1)))
+  return jax.lax.fori_loop(0, steps, step, (lo, hi))[1]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "modes"))
-def _fill_block(sim_BxU, row0, mdev_UxI, m_UxI, bucket_items, bucket_idx,
-                bucket_dev, cfg: KNNConfig, modes):
-  """num/den/cnt [B, I] for a user block; sim_BxU has 0 on the self entry."""
-  b, u = sim_BxU.shape
-  w_BxU = _weights(sim_BxU, cfg)
+def _topk_sums(r, s, dev, rule: _Rule, k: Optional[int], n_ranks: int,
+               axis: int):
+  """(num, den, cnt) over the candidates of the k lowest ranks along axis.
+
+  r: ranks (n_ranks = not a candidate: padding or the user itself), s: their
+  similarities, dev: r_bp - mean_b. k=None: every candidate.
+  """
+  if k is None or r.shape[axis] <= k:
+    take = r < n_ranks
+  else:
+    take = r < jnp.expand_dims(_rank_cutoff(r, k, n_ranks, axis), axis)
+  return _sums(jnp.where(take, _weights(s, rule), 0.0), dev, rule, axis)
+
+
+@functools.partial(jax.jit, static_argnames=("rule",))
+def _all_rater_sums(sim_BxU, mdev_UxI, m_UxI, rule: _Rule):
+  """num/den/cnt [B, I] over every rater; sim_BxU has 0 on the self entry."""
+  w_BxU = _weights(sim_BxU, rule)
   hp = jax.lax.Precision.HIGHEST
   num = jnp.matmul(w_BxU, mdev_UxI, precision=hp)
-  den = jnp.matmul(jnp.abs(w_BxU) if cfg.denominator == "abs" else w_BxU,
-                   m_UxI, precision=hp)
+  den = jnp.matmul(w_BxU if rule.signed else jnp.abs(w_BxU), m_UxI, precision=hp)
   cnt = jnp.matmul((w_BxU != 0).astype(jnp.float32), m_UxI, precision=hp)
-  if bucket_items:
-    self_ = (row0 + jnp.arange(b))[:, None] == jnp.arange(u)[None, :]
-    sim_ext = jnp.concatenate(
-        [jnp.where(self_, -jnp.inf, sim_BxU), jnp.full((b, 1), -jnp.inf)], 1)
-    for items, idx, dev, (mode, kk) in zip(bucket_items, bucket_idx,
-                                           bucket_dev, modes):
-      s = jnp.take(sim_ext, idx, axis=1)  # [B, P, W]
-      n_, d_, c_ = _reduce(s, dev[None], mode, kk, cfg)
-      num = num.at[:, items].set(n_, mode="drop")
-      den = den.at[:, items].set(d_, mode="drop")
-      cnt = cnt.at[:, items].set(c_, mode="drop")
   return num, den, cnt
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "mode", "kk"))
-def _pairs_bucket(sim_ext_BxU1, lu, slot, idx, dev, cfg: KNNConfig,
-                  mode: str, kk: int):
-  s = sim_ext_BxU1[lu[:, None], idx[slot]]  # [n, W]
-  return _reduce(s, dev[slot], mode, kk, cfg)
+@functools.partial(jax.jit, static_argnames=("rule", "k", "chunk"))
+def _bucket_sums(rank_U1xB, sim_U1xB, idx_PxW, dev_PxW, rule: _Rule, k,
+                 chunk: int):
+  """num/den/cnt [P, B]: each item's k best raters for every user of a block.
+
+  Transposed layout: the candidates of `chunk` items are whole rows of the
+  [U+1, B] rank / similarity tables ([chunk, W, B], a row gather) and every
+  reduction runs over W with B as the vectorised minor axis. Chunks keep
+  each step's working set in cache (~2M candidates).
+  """
+  p, w = idx_PxW.shape
+  n_ranks = rank_U1xB.shape[0] - 1
+
+  def one(args):
+    idx, dev = args
+    return _topk_sums(rank_U1xB[idx], sim_U1xB[idx], dev[:, :, None], rule, k,
+                      n_ranks, axis=1)
+
+  out = jax.lax.map(one, (idx_PxW.reshape(-1, chunk, w),
+                          dev_PxW.reshape(-1, chunk, w)))
+  return tuple(o.reshape(p, -1) for o in out)
 
 
-@jax.jit
-def _self_excluded(sim_BxU, row0):
-  b, u = sim_BxU.shape
-  self_ = (row0 + jnp.arange(b))[:, None] == jnp.arange(u)[None, :]
-  return jnp.concatenate(
-      [jnp.where(self_, -jnp.inf, sim_BxU), jnp.full((b, 1), -jnp.inf)], 1)
+@functools.partial(jax.jit, static_argnames=("rule", "k"))
+def _pair_sums(rank_BxU1, sim_BxU1, lu, slot, idx, dev, rule: _Rule, k):
+  cand = idx[slot]  # [n, W] raters of each pair's item
+  return _topk_sums(rank_BxU1[lu[:, None], cand], sim_BxU1[lu[:, None], cand],
+                    dev[slot], rule, k, rank_BxU1.shape[1] - 1, axis=-1)
 
 
 def _finish(num, den, cnt, mean_a, has_ratings, global_mean, cfg: KNNConfig,
@@ -279,13 +331,17 @@ class _Prepared:
       k = None
     self.k = k
     min_raters = 0 if for_pairs else (k if k is not None else self.u)
-    self.buckets = _rater_buckets(rows, k, min_raters)
+    self.buckets = _rater_buckets(rows, min_raters)
 
   def block_size(self, requested: Optional[int]) -> int:
     if requested:
       return int(min(requested, self.u))
-    per_user = max([b.idx.size for b in self.buckets] + [self.u, self.i])
-    return int(max(1, min(self.u, _ELEMENT_BUDGET // per_user)))
+    return int(max(1, min(self.u, _ELEMENT_BUDGET // max(self.u, self.i))))
+
+  def ranks(self, start: int, size: int):
+    """(sim [size, U], ranks [size, U+1]) of a user block, both on the host."""
+    sim = np.asarray(self.feats.block(start, size))
+    return sim, _neighbour_ranks(sim, start)
 
 
 def fill_matrix(train: Ratings, config: Optional[KNNConfig] = None, *,
@@ -299,25 +355,39 @@ def fill_matrix(train: Ratings, config: Optional[KNNConfig] = None, *,
   """
   cfg = make_config(config, **kwargs)
   prep = _Prepared(train, cfg, for_pairs=False)
+  rule = _Rule.of(cfg)
   u, i = prep.u, prep.i
   r, m = prep.rows.dense()
   dev = np.where(m > 0, r - prep.rows.means[:, None], 0.0).astype(np.float32)
   mdev, m_d = jnp.asarray(dev), jnp.asarray(m)
-  b_items = tuple(jnp.asarray(b.items) for b in prep.buckets)
-  b_idx = tuple(jnp.asarray(b.idx) for b in prep.buckets)
-  b_dev = tuple(jnp.asarray(b.dev) for b in prep.buckets)
-  modes = tuple((b.mode, b.kk) for b in prep.buckets)
   bs = prep.block_size(block_size)
+  buckets = []  # (items, idx, dev, chunk): rows padded to a chunk multiple
+  for b in prep.buckets:
+    p, w = b.idx.shape
+    n_chunks = -(-p // max(1, _CHUNK_BUDGET // (w * bs)))
+    chunk = -(-p // n_chunks)
+    b = _pad_rows(b, n_chunks * chunk, u, i)
+    buckets.append((b.items[:p], jnp.asarray(b.idx), jnp.asarray(b.dev),
+                    chunk))
   out = np.empty((u, i), np.float32)
   fb = np.empty((u, i), bool)
+  zero_row = np.zeros((1, bs), np.float32)
   for start in range(0, u, bs):  # user blocks
     stop = min(start + bs, u)
-    sim = prep.feats.block(start, bs)
-    num, den, cnt = _fill_block(sim, start, mdev, m_d, b_items, b_idx, b_dev,
-                                cfg, modes)
+    sim, rank = prep.ranks(start, bs)
+    num, den, cnt = (np.array(a) for a in
+                     _all_rater_sums(jnp.asarray(sim), mdev, m_d, rule))
+    if buckets:  # items with more than k raters: their k best raters only
+      rank_t = jnp.asarray(np.ascontiguousarray(rank.T))
+      sim_t = jnp.asarray(np.concatenate([sim.T, zero_row]))
+      for items, idx, dv, chunk in buckets:
+        sums = _bucket_sums(rank_t, sim_t, idx, dv, rule, prep.k,
+                            chunk)
+        for full, part in zip((num, den, cnt), sums):
+          full[:, items] = np.asarray(part)[: len(items)].T
     sl = slice(0, stop - start)
-    pred, fall = _finish(np.asarray(num)[sl], np.asarray(den)[sl],
-                         np.asarray(cnt)[sl], prep.means[start:stop, None],
+    pred, fall = _finish(num[sl], den[sl], cnt[sl],
+                         prep.means[start:stop, None],
                          prep.has_ratings[start:stop, None], prep.global_mean,
                          cfg, prep.scale)
     out[start:stop], fb[start:stop] = pred, fall
@@ -353,18 +423,23 @@ def predict_pairs(train: Ratings, users: Sequence[int], items: Sequence[int],
   cnt = np.zeros(n, np.float64)
   which = np.full(prep.i, -1, np.int64)
   slot = np.zeros(prep.i, np.int64)
+  dev_idx = []
   for j, b in enumerate(prep.buckets):
-    real = b.items < prep.i
-    which[b.items[real]] = j
-    slot[b.items[real]] = np.flatnonzero(real)
-  dev_idx = [(jnp.asarray(b.idx), jnp.asarray(b.dev)) for b in prep.buckets]
+    which[b.items] = j
+    slot[b.items] = np.arange(len(b.items))
+    # Rows padded to a power of two so other folds reuse the compiles.
+    b = _pad_rows(b, 1 << max(3, (len(b.items) - 1).bit_length()), prep.u,
+                  prep.i)
+    dev_idx.append((jnp.asarray(b.idx), jnp.asarray(b.dev)))
   bs = prep.block_size(block_size)
   order = np.argsort(users, kind="stable")
   blk = users[order] // bs
   for blk_id in np.unique(blk):  # user blocks that have pairs
     start = int(blk_id) * bs
     sel = order[blk == blk_id]
-    sim_ext = _self_excluded(prep.feats.block(start, bs), start)
+    sim, rank = prep.ranks(start, bs)
+    sim_ext = jnp.asarray(np.pad(sim, ((0, 0), (0, 1))))  # column U: padding
+    rank = jnp.asarray(rank)
     for j in np.unique(which[items[sel]]):  # item buckets: a handful
       if j < 0:
         continue  # nobody rated these items: user-mean fallback
@@ -374,10 +449,9 @@ def predict_pairs(train: Ratings, users: Sequence[int], items: Sequence[int],
       sl = np.zeros(size, np.int32)
       lu[:len(p)] = users[p] - start
       sl[:len(p)] = slot[items[p]]
-      b = prep.buckets[j]
       idx, dev = dev_idx[j]
-      out = _pairs_bucket(sim_ext, jnp.asarray(lu), jnp.asarray(sl), idx, dev,
-                          cfg, b.mode, b.kk)
+      out = _pair_sums(rank, sim_ext, jnp.asarray(lu), jnp.asarray(sl), idx,
+                       dev, _Rule.of(cfg), prep.k)
       num[p], den[p], cnt[p] = (np.asarray(a)[:len(p)] for a in out)
   pred, fall = _finish(num, den, cnt, prep.means[users],
                        prep.has_ratings[users], prep.global_mean, cfg,

@@ -184,18 +184,23 @@ def _features(r_UxI: np.ndarray, m_UxI: np.ndarray, means_U: np.ndarray,
 # ------------------------------------------------------------ device math
 
 
-def _pair_similarity(q, c, cfg: SimilarityConfig) -> jax.Array:
-  """sim_BxC between query rows q=(x, x2, m) [B, I] and candidates c [C, I]."""
+def _pair_similarity(q, c, cfg: SimilarityConfig,
+                     square: bool = False) -> jax.Array:
+  """sim_BxC between query rows q=(x, x2, m) [B, I] and candidates c [C, I].
+
+  square: q is c (all rows against all), so the cross sums are transposes of
+  each other and two of the six matmuls can be skipped.
+  """
   xq, x2q, mq = q
   xc, x2c, mc = c
   dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
   n = dot(mq, mc.T)
   p = dot(xq, xc.T)
   qa = dot(x2q, mc.T)
-  qb = dot(mq, x2c.T)
+  qb = qa.T if square else dot(mq, x2c.T)
   if cfg.metric == "pearson" and cfg.centering == "corated":
     sa = dot(xq, mc.T)
-    sb = dot(mq, xc.T)
+    sb = sa.T if square else dot(mq, xc.T)
     n_safe = jnp.maximum(n, 1.0)
     cov = p - sa * sb / n_safe
     var_a = qa - sa * sa / n_safe
@@ -215,9 +220,9 @@ def _pair_similarity(q, c, cfg: SimilarityConfig) -> jax.Array:
   return sim.astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _block_vs_all(q, c, cfg: SimilarityConfig) -> jax.Array:
-  return _pair_similarity(q, c, cfg)
+@functools.partial(jax.jit, static_argnames=("cfg", "square"))
+def _block_vs_all(q, c, cfg: SimilarityConfig, square: bool) -> jax.Array:
+  return _pair_similarity(q, c, cfg, square)
 
 
 def _mask_self(sim_BxC: jax.Array, row0, col0, fill) -> jax.Array:
@@ -262,7 +267,8 @@ class DenseFeatures:
 
   def block(self, start: int, size: int) -> jax.Array:
     """sim [size, U] of rows [start, start+size) vs all rows; self = 0."""
-    sim = _block_vs_all(self.query(start, size), self.feats, self.cfg)
+    square = start == 0 and size == self.n_rows
+    sim = _block_vs_all(self.query(start, size), self.feats, self.cfg, square)
     return _mask_self(sim, start, 0, 0.0)
 
 

@@ -84,6 +84,32 @@ def test_matches_knn_with_means_reference(k, positive_only, min_k,
   np.testing.assert_array_equal(kept[m], r[m])
 
 
+def test_selection_across_chunks_blocks_and_ties(monkeypatch):
+  """Many users, few items (so many exactly tied similarities), several user
+  blocks and a tiny chunk budget: the rank bisection picks exactly the
+  reference's k raters (ties to the lower user index)."""
+  r, m, train = _train(seed=4, u=70, i=6)
+  sim = S.similarity_matrix(train).astype(np.float64)
+  assert len(np.unique(sim)) < sim.size / 4  # ties really are common
+  monkeypatch.setattr(impute, "_CHUNK_BUDGET", 64)
+  for k in (3, 20):
+    ref = _reference(r, m, sim, k, False, 1, "abs", (1, 5))
+    got = impute.fill_matrix(train, keep_observed=False, block_size=16,
+                             neighbors=k)
+    np.testing.assert_allclose(got, ref, atol=2e-5)
+
+
+def test_neighbour_ranks_order_ties_and_self():
+  sim = np.array([[0.0, -0.0, 0.5, 0.0, 0.5],
+                  [0.3, 0.0, 0.3, 0.9, -1.0]], np.float32)
+  rank = impute._neighbour_ranks(sim, row0=0)
+  assert rank.shape == (2, 6)
+  # Equal values (0.5 and 0.5; -0.0, 0.0 and 0.0) go to the lower user index
+  # first; the row's own user and the padding column U get rank U.
+  np.testing.assert_array_equal(rank[0], [5, 3, 0, 4, 1, 5])
+  np.testing.assert_array_equal(rank[1], [1, 5, 2, 0, 4, 5])
+
+
 def test_rounding_and_scale():
   r, m, train = _train(seed=2, integer=False)
   sim = S.similarity_matrix(train).astype(np.float64)
