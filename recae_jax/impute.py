@@ -32,7 +32,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import NamedTuple, Optional, Sequence
+import os
+import pathlib
+import tempfile
+from typing import Iterator, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -344,14 +347,14 @@ class _Prepared:
     return sim, _neighbour_ranks(sim, start)
 
 
-def fill_matrix(train: Ratings, config: Optional[KNNConfig] = None, *,
+def fill_blocks(train: Ratings, config: Optional[KNNConfig] = None, *,
                 block_size: Optional[int] = None, keep_observed: bool = True,
-                return_fallback: bool = False, **kwargs):
-  """Dense float32 [U, I]: observed ratings kept, every other cell predicted.
+                **kwargs) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+  """Yields (start, pred [B, I] float32, fallback [B, I] bool) per user block.
 
-  kwargs are KNNConfig fields. With keep_observed=False observed cells are
-  predicted too (leave-self-out: a is never its own neighbour). With
-  return_fallback=True also returns the bool [U, I] fallback mask.
+  Rows start..start+B of the filled matrix, in order; only one block of
+  output is held at a time (see fill_matrix / save_filled). kwargs are
+  KNNConfig fields; keep_observed as in fill_matrix.
   """
   cfg = make_config(config, **kwargs)
   prep = _Prepared(train, cfg, for_pairs=False)
@@ -369,8 +372,6 @@ def fill_matrix(train: Ratings, config: Optional[KNNConfig] = None, *,
     b = _pad_rows(b, n_chunks * chunk, u, i)
     buckets.append((b.items[:p], jnp.asarray(b.idx), jnp.asarray(b.dev),
                     chunk))
-  out = np.empty((u, i), np.float32)
-  fb = np.empty((u, i), bool)
   zero_row = np.zeros((1, bs), np.float32)
   for start in range(0, u, bs):  # user blocks
     stop = min(start + bs, u)
@@ -381,8 +382,7 @@ def fill_matrix(train: Ratings, config: Optional[KNNConfig] = None, *,
       rank_t = jnp.asarray(np.ascontiguousarray(rank.T))
       sim_t = jnp.asarray(np.concatenate([sim.T, zero_row]))
       for items, idx, dv, chunk in buckets:
-        sums = _bucket_sums(rank_t, sim_t, idx, dv, rule, prep.k,
-                            chunk)
+        sums = _bucket_sums(rank_t, sim_t, idx, dv, rule, prep.k, chunk)
         for full, part in zip((num, den, cnt), sums):
           full[:, items] = np.asarray(part)[: len(items)].T
     sl = slice(0, stop - start)
@@ -390,12 +390,63 @@ def fill_matrix(train: Ratings, config: Optional[KNNConfig] = None, *,
                          prep.means[start:stop, None],
                          prep.has_ratings[start:stop, None], prep.global_mean,
                          cfg, prep.scale)
-    out[start:stop], fb[start:stop] = pred, fall
-  if keep_observed:
-    obs = m > 0
-    out[obs] = r[obs]
-    fb[obs] = False
+    if keep_observed:
+      obs = m[start:stop] > 0
+      pred[obs] = r[start:stop][obs]
+      fall[obs] = False
+    yield start, pred, fall
+
+
+def fill_matrix(train: Ratings, config: Optional[KNNConfig] = None, *,
+                block_size: Optional[int] = None, keep_observed: bool = True,
+                return_fallback: bool = False, **kwargs):
+  """Dense float32 [U, I]: observed ratings kept, every other cell predicted.
+
+  kwargs are KNNConfig fields. With keep_observed=False observed cells are
+  predicted too (leave-self-out: a is never its own neighbour). With
+  return_fallback=True also returns the bool [U, I] fallback mask. For a
+  matrix too big to hold, use fill_blocks or save_filled.
+  """
+  shape = (train.n_users, train.n_items)
+  out = np.empty(shape, np.float32)
+  fb = np.empty(shape, bool)
+  for start, pred, fall in fill_blocks(train, config, block_size=block_size,
+                                       keep_observed=keep_observed, **kwargs):
+    out[start:start + len(pred)], fb[start:start + len(pred)] = pred, fall
   return (out, fb) if return_fallback else out
+
+
+def save_filled(path: str | os.PathLike, train: Ratings,
+                config: Optional[KNNConfig] = None, *,
+                block_size: Optional[int] = None, keep_observed: bool = True,
+                **kwargs) -> tuple[int, int]:
+  """Writes the filled [U, I] float32 matrix to `path` (.npy) block by block.
+
+  Host memory is one user block, whatever U x I is. The file appears
+  atomically: written beside `path` and renamed when complete, so a failure
+  (or a full disk) never leaves a truncated file or clobbers an old one.
+  """
+  path = pathlib.Path(path)
+  shape = (train.n_users, train.n_items)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                             suffix=".npy")
+  os.close(fd)
+  try:
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                    shape=shape)
+    for start, pred, _ in fill_blocks(train, config, block_size=block_size,
+                                      keep_observed=keep_observed, **kwargs):
+      out[start:start + len(pred)] = pred
+    out.flush()
+    del out
+    os.replace(tmp, path)
+  except OSError as e:
+    raise UserError(f"{path}: could not write the filled matrix "
+                    f"({e.strerror or e}); free space or choose another "
+                    f"--workdir") from e
+  finally:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+  return shape
 
 
 def predict_pairs(train: Ratings, users: Sequence[int], items: Sequence[int],

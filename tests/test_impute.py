@@ -99,6 +99,30 @@ def test_selection_across_chunks_blocks_and_ties(monkeypatch):
     np.testing.assert_allclose(got, ref, atol=2e-5)
 
 
+def test_fill_blocks_and_save_filled(tmp_path, monkeypatch):
+  r, m, train = _train(seed=5, u=40, i=20)
+  full = impute.fill_matrix(train, neighbors=5)
+  starts = []
+  for start, pred, fall in impute.fill_blocks(train, neighbors=5,
+                                              block_size=16):
+    starts.append(start)
+    np.testing.assert_array_equal(pred, full[start:start + len(pred)])
+    assert not fall[m[start:start + len(pred)]].any()
+  assert starts == [0, 16, 32]
+  path = tmp_path / "filled.npy"
+  assert impute.save_filled(path, train, neighbors=5, block_size=16) == (40, 20)
+  np.testing.assert_array_equal(np.load(path), full)
+  # A failure midway leaves the earlier file intact and no temporary behind.
+  def boom(*a, **k):
+    yield 0, full[:16], np.zeros((16, 20), bool)
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(impute, "fill_blocks", boom)
+  with pytest.raises(UserError, match="No space left"):
+    impute.save_filled(path, train, neighbors=5)
+  np.testing.assert_array_equal(np.load(path), full)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["filled.npy"]
+
+
 def test_neighbour_ranks_order_ties_and_self():
   sim = np.array([[0.0, -0.0, 0.5, 0.0, 0.5],
                   [0.3, 0.0, 0.3, 0.9, -1.0]], np.float32)
