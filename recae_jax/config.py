@@ -22,7 +22,7 @@ SIDE_FEATURES = ("genre_counts", "user_attributes", "item_genres")
 @dataclasses.dataclass(frozen=True)
 class Config:
   # --- data ---
-  dataset: str = "ml-100k"
+  dataset: str = "ml-100k"         # MovieLens name, a ratings file, or synthetic:<ml-20m|netflix|UxIxN>
   data_dir: Optional[str] = None
   split: str = "u1"
   test_fraction: float = 0.1       # "random" split

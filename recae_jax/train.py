@@ -389,6 +389,15 @@ def _check_workdir(config: Config, workdir: pathlib.Path, resume: bool):
                       f"({', '.join(diff)}); use a new --workdir")
 
 
+def memory_report() -> dict:
+  """Peak host RSS of this process so far, and the device's peak bytes in use
+  (None where the backend keeps no statistics, e.g. CPU)."""
+  import resource
+  stats = jax.devices()[0].memory_stats() or {}
+  return {"peak_host_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          "device_peak_bytes": stats.get("peak_bytes_in_use")}
+
+
 def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
                        progress: Callable[[str], None] = print,
                        problem: Optional[Problem] = None) -> dict:
@@ -562,6 +571,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
       "epoch_seconds_median": float(np.median(epoch_seconds)) if epoch_seconds else None,
       "dataset": problem.dataset_name, "dataset_files": problem.dataset_files,
       "device": jax.devices()[0].device_kind, "compute": compute_info,
+      **memory_report(),
   }
   np.save(workdir / "test_pred.npy", pred)
   if problem.valid is not None:

@@ -163,6 +163,15 @@ def test_unknown_dataset_name():
   assert "unknown dataset 'ml-3m'" in msg and "ml-100k" in msg
 
 
+def test_synthetic_dataset_names():
+  ds = load_dataset("synthetic:40x30x300")
+  assert (ds.n_users, ds.n_items, len(ds.ratings)) == (40, 30, 300)
+  assert load_dataset("synthetic:ml-100k").name == "synthetic-ml-100k"
+  for bad in ("synthetic:ml-3m", "synthetic:4x5", "synthetic:5x5x100"):
+    msg = _error(load_dataset, bad)
+    assert "synthetic" in msg and "\n" not in msg
+
+
 def test_load_fold_checks_index_space(tmp_path):
   folder = make_ml100k(tmp_path / "ml-100k", GOOD)
   (folder / "u1.base").write_text("\n".join(GOOD[:4]) + "\n")

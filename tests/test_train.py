@@ -99,6 +99,8 @@ def test_train_and_evaluate_beats_global_mean(tiny, tmp_path, orientation):
     assert (tmp_path / name).exists(), name
   rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in rows] == list(range(1, 61))
+  assert res["peak_host_rss_mb"] > 10  # memory is reported with the metrics
+  assert "device_peak_bytes" in res
   # the selected epoch is the one with the lowest validation RMSE
   assert res["best_epoch"] == min(rows, key=lambda r: r["valid_rmse"])["epoch"]
 

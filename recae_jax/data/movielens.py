@@ -555,6 +555,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
   if duplicates not in ("error", "last"):
     raise UserError(f"duplicates={duplicates!r}: expected 'error' or 'last'")
   name = str(name)
+  if name.startswith("synthetic:"):
+    return _load_synthetic(name)
   if name not in DATASETS:
     return _load_generic(name, duplicates)
   folder = _download.resolve_dataset_dir(name, data_dir, download=download)
@@ -598,6 +600,25 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
       rating_scale=scale, items_info=items_info, users_info=users_info,
       genres=genres, files={str(p): file_sha256(p) for p in files},
       directory=str(folder))
+
+
+def _load_synthetic(name: str) -> Dataset:
+  """"synthetic:<shape>" (ml-100k, ml-1m, ml-20m, netflix) or
+  "synthetic:<users>x<items>x<ratings>": data.synthetic.generate, seed 0."""
+  from recae_jax.data import synthetic
+  spec = name.split(":", 1)[1]
+  parts = spec.split("x")
+  if spec in synthetic.SHAPES:
+    return synthetic.generate(spec, seed=0)
+  try:
+    shape = tuple(int(p) for p in parts)
+  except ValueError:
+    shape = ()
+  if len(shape) != 3:
+    raise UserError(f"unknown dataset {name!r}: expected synthetic:<shape> with "
+                    f"shape one of {', '.join(synthetic.SHAPES)} or "
+                    f"<users>x<items>x<ratings>")
+  return synthetic.generate(shape, seed=0)
 
 
 def _load_generic(name: str, duplicates: str) -> Dataset:
