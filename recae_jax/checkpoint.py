@@ -8,6 +8,8 @@ a sha256 manifest of the step's files goes to `<dir>_manifests/STEP.json`;
 restore checks it before asking orbax (a damaged file is found without
 orbax's noisy failure), moves unreadable steps aside to `<dir>_corrupt/` so
 they are never picked again, and walks back to the newest step that loads.
+Multi-host: every process saves and restores (orbax coordinates); only
+process 0 writes manifests or moves files, and the others wait for it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ import jax
 import orbax.checkpoint as ocp
 
 from recae_jax.errors import UserError
+from recae_jax.workdir import is_primary
+
+
+def _sync(name: str) -> None:
+  """Multi-host barrier (a no-op in one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 class Checkpoints:
@@ -61,13 +71,15 @@ class Checkpoints:
     except OSError as e:  # disk full, permissions: the previous step stays intact
       raise UserError(f"could not write checkpoint {step} to {self.directory}: "
                       f"{e.strerror or e}") from None
-    self._manifests.mkdir(exist_ok=True)
-    tmp = self._manifests / f".{step}.json.tmp"
-    tmp.write_text(json.dumps(_hash_tree(self.directory / str(step))))
-    os.replace(tmp, self._manifests / f"{step}.json")
-    for old in self._manifests.glob("*.json"):  # manifests of deleted steps
-      if old.stem.isdigit() and not (self.directory / old.stem).exists():
-        old.unlink(missing_ok=True)
+    if is_primary():
+      self._manifests.mkdir(exist_ok=True)
+      tmp = self._manifests / f".{step}.json.tmp"
+      tmp.write_text(json.dumps(_hash_tree(self.directory / str(step))))
+      os.replace(tmp, self._manifests / f"{step}.json")
+      for old in self._manifests.glob("*.json"):  # manifests of deleted steps
+        if old.stem.isdigit() and not (self.directory / old.stem).exists():
+          old.unlink(missing_ok=True)
+    _sync(f"checkpoint-manifest-{step}")
 
   def _intact(self, step: int) -> bool:
     """False when the step's files differ from its manifest (None: no manifest)."""
@@ -82,10 +94,12 @@ class Checkpoints:
   def _set_aside(self, step: int, why: str) -> None:
     logging.warning("checkpoint %d in %s is unreadable (%s); moved to %s, trying "
                     "an older one", step, self.directory, why, self._corrupt)
-    self._corrupt.mkdir(exist_ok=True)
-    shutil.move(str(self.directory / str(step)),
-                str(self._corrupt / f"{step}-{int(time.time())}"))
-    (self._manifests / f"{step}.json").unlink(missing_ok=True)
+    if is_primary():
+      self._corrupt.mkdir(exist_ok=True)
+      shutil.move(str(self.directory / str(step)),
+                  str(self._corrupt / f"{step}-{int(time.time())}"))
+      (self._manifests / f"{step}.json").unlink(missing_ok=True)
+    _sync(f"checkpoint-set-aside-{step}")
     self._mngr.reload()
 
   def restore_latest(self, abstract_state):

@@ -393,7 +393,7 @@ def memory_report() -> dict:
   """Peak host RSS of this process so far, and the device's peak bytes in use
   (None where the backend keeps no statistics, e.g. CPU)."""
   import resource
-  stats = jax.devices()[0].memory_stats() or {}
+  stats = jax.local_devices()[0].memory_stats() or {}
   return {"peak_host_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
           "device_peak_bytes": stats.get("peak_bytes_in_use")}
 
@@ -573,16 +573,21 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
       "device": jax.devices()[0].device_kind, "compute": compute_info,
       **memory_report(),
   }
-  np.save(workdir / "test_pred.npy", pred)
+  primary = wd.is_primary()  # multi-host: process 0 owns the workdir's files
+  if primary:
+    np.save(workdir / "test_pred.npy", pred)
   if problem.valid is not None:
     v = problem.valid
     vpred, _ = evaluate(best_params, problem.fit_data, v.blocks, v.target, v.fb_mask,
                         v.fb_value)
-    np.save(workdir / "valid_pred.npy", np.asarray(vpred))
+    vpred = jax.device_get(vpred)  # every process: it may be a collective
+    if primary:
+      np.save(workdir / "valid_pred.npy", np.asarray(vpred))
   wd.write_json(workdir / "metrics.json", results)
   try:
     from recae_jax import plots
-    plots.plot_training_curves({workdir.name: history}, workdir / "plots" / "loss.png")
+    if primary:
+      plots.plot_training_curves({workdir.name: history}, workdir / "plots" / "loss.png")
   except ImportError:  # matplotlib missing: plots are optional
     pass
   progress(f"test RMSE {te['rmse']:.4f}  MAE {te['mae']:.4f}  (epoch {meta['best_epoch']}, "
@@ -605,6 +610,9 @@ def _read_history(path: pathlib.Path, upto: int) -> list[dict]:
 
 
 def _write_history(path: pathlib.Path, rows: list[dict]) -> None:
+  from recae_jax import workdir as wd
+  if not wd.is_primary():
+    return  # multi-host: process 0 owns the workdir's files
   tmp = path.with_suffix(".jsonl.tmp")
   tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
   os.replace(tmp, path)
