@@ -214,7 +214,7 @@ def stacked_apply(st: _Static, params_K, x_BxN, m_BxN, side_BxS, hyper: Hyper,
   for i in range(1, n_layers):
     kern = params_K[f"enc_{i}_kernel"]
     kernels.append(kern)
-    h = act(jnp.einsum("kbi,kio->kbo", h, kern) + params_K[f"enc_{i}_bias"][:, None, :])
+    h = act(_member_matmul(h, kern) + params_K[f"enc_{i}_bias"][:, None, :])
   if train and st.has_dropout:
     p = hyper.dropout[:, None, None]
     # keep with probability 1 - p_k: a uniform draw against each member's rate.
@@ -228,9 +228,17 @@ def stacked_apply(st: _Static, params_K, x_BxN, m_BxN, side_BxS, hyper: Hyper,
       kern = jnp.swapaxes(kernels[n_layers - 1 - i], 1, 2)[:, :, :width]
     else:
       kern = params_K[f"dec_{i}_kernel"]
-    h = jnp.einsum("kbi,kio->kbo", h, kern) + params_K[f"dec_{i}_bias"][:, None, :]
+    h = _member_matmul(h, kern) + params_K[f"dec_{i}_bias"][:, None, :]
     h = out_act(h) if i == len(widths) - 1 else act(h)
   return h
+
+
+def _member_matmul(h_KxBxI, kern_KxIxO):
+  """Each member's h @ kernel. One member (the CPU's group size 1) as a plain
+  GEMM: XLA:CPU runs a batched dot with batch 1 markedly slower."""
+  if h_KxBxI.shape[0] == 1:
+    return (h_KxBxI[0] @ kern_KxIxO[0])[None]
+  return jnp.einsum("kbi,kio->kbo", h_KxBxI, kern_KxIxO)
 
 
 # ------------------------------------------------------------- train / eval
