@@ -422,7 +422,8 @@ def save_filled(path: str | os.PathLike, train: Ratings,
                 **kwargs) -> tuple[int, int]:
   """Writes the filled [U, I] float32 matrix to `path` (.npy) block by block.
 
-  Host memory is one user block, whatever U x I is. The file appears
+  The output is never held whole, only one user block of it (the inputs,
+  ratings and similarity features, are still dense [U, I]). The file appears
   atomically: written beside `path` and renamed when complete, so a failure
   (or a full disk) never leaves a truncated file or clobbers an old one.
   """
