@@ -93,8 +93,6 @@ def info(dataset_name: str, data_dir: Optional[str] = None,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   split_kwargs = dict(
       test_fraction=FLAGS.test_fraction, time_quantile=FLAGS.time_quantile,
       valid_fraction=FLAGS.valid_fraction, seed=FLAGS.seed,

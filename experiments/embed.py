@@ -23,8 +23,6 @@ FLAGS = flags.FLAGS
 
 @run_main
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.workdir or not FLAGS.out:
     raise UserError("--workdir and --out are required")
   bad = [k for k in FLAGS.kind if k not in ("item", "user")]

@@ -27,8 +27,6 @@ FLAGS = flags.FLAGS
 
 @run_main
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.folds:
     raise UserError("--folds: give at least one split name")
   base = cfg_flags.config_from_flags()

@@ -113,8 +113,6 @@ def _run_fold(dataset, name: str, cfg: impute.KNNConfig, out, save: bool):
 
 @run_main
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   out = wd.ensure_writable(FLAGS.workdir)
   impute.KNNConfig(neighbors=FLAGS.neighbors, metric=FLAGS.similarity,
                    centering=FLAGS.centering, min_support=FLAGS.min_support,

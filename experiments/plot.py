@@ -119,8 +119,6 @@ def _train_2d(workdir: pathlib.Path, out: pathlib.Path) -> list:
 
 @run_main
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.workdirs or not FLAGS.out:
     raise UserError("--workdirs and --out are required")
   from recae_jax import plots

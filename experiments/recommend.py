@@ -32,8 +32,6 @@ FLAGS = flags.FLAGS
 
 @run_main
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.workdir:
     raise UserError("--workdir is required")
   if FLAGS.k <= 0:

@@ -346,8 +346,6 @@ def select_rows(only: Optional[list[str]]) -> list[Row]:
 
 @run_main
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   rows = select_rows(FLAGS.only)
   out = wd.ensure_writable(FLAGS.out)
   runs = wd.ensure_writable(out / "runs")

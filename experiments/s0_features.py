@@ -70,8 +70,6 @@ def _check_flags() -> str:
 
 @run_main
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   denominator = _check_flags()
   out = wd.ensure_writable(FLAGS.workdir)
   dataset = movielens.load_dataset("ml-100k", FLAGS.data_dir)

@@ -25,8 +25,6 @@ FLAGS = flags.FLAGS
 
 @run_main
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.workdir or FLAGS.movie is None:
     raise UserError("--workdir and --movie are required")
   if FLAGS.k <= 0:

@@ -33,8 +33,6 @@ flags.DEFINE_enum("sweep_mode", "grid", ["grid", "zip"],
 
 @run_main
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   fv = flags.FLAGS
   overrides = sweep.parse_sweep(fv.sweep, fv.sweep_mode)  # before any data loads
   base = cfg_flags.config_from_flags()

@@ -51,8 +51,6 @@ def _overrides() -> dict:
 
 @run_main
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.models and not FLAGS.autoencoders:
     raise UserError("nothing to run: give --models and/or --autoencoders")
   over = _overrides()

@@ -29,8 +29,6 @@ flags.DEFINE_integer("process_id", None, "multi-host: this process's id")
 
 @run_main
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if flags.FLAGS.distributed:
     import jax
     jax.distributed.initialize(flags.FLAGS.coordinator_address,

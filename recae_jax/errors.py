@@ -17,13 +17,20 @@ class UserError(ValueError):
 
 
 def run_main(main: Callable[[list[str]], object]) -> Callable[[list[str]], object]:
-  """Wraps an absl `main` so a UserError prints one line and exits 2."""
+  """Wraps an absl `main` so a UserError prints one line and exits 2.
+
+  Positional arguments are refused here, once for every script (they all take
+  flags only): a stray word would otherwise be ignored silently.
+  """
 
   def wrapped(argv):
     from absl import flags, logging
     if "verbosity" in flags.FLAGS and not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:
+      if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])} "
+                        "(every option is a --flag; see --help)")
       return main(argv)
     except UserError as e:
       print(f"error: {e}", file=sys.stderr)

@@ -191,7 +191,7 @@ def test_optimizers_and_schedules_build():
 
 def test_train_script_bad_input_exits_2(tmp_path):
   for args in (["--preset=nope"], ["--batch_size=0"], ["--optimizer=adagrad"],
-               ["--layers=5,-1"], ["--activation=swish"]):
+               ["--layers=5,-1"], ["--activation=swish"], ["stray_word"]):
     proc = subprocess.run([sys.executable, "experiments/train.py",
                            f"--workdir={tmp_path}", *args], capture_output=True, text=True)
     assert proc.returncode == 2, (args, proc.stderr)
