@@ -342,9 +342,10 @@ class _Prepared:
     return int(max(1, min(self.u, _ELEMENT_BUDGET // max(self.u, self.i))))
 
   def ranks(self, start: int, size: int):
-    """(sim [size, U], ranks [size, U+1]) of a user block, both on the host."""
-    sim = np.asarray(self.feats.block(start, size))
-    return sim, _neighbour_ranks(sim, start)
+    """(sim [size, U] on the device, ranks [size, U+1] on the host) of a user
+    block; only the ranking goes through the host (its sort is faster there)."""
+    sim = self.feats.block(start, size)
+    return sim, _neighbour_ranks(np.asarray(sim), start)
 
 
 def fill_blocks(train: Ratings, config: Optional[KNNConfig] = None, *,
@@ -372,15 +373,15 @@ def fill_blocks(train: Ratings, config: Optional[KNNConfig] = None, *,
     b = _pad_rows(b, n_chunks * chunk, u, i)
     buckets.append((b.items[:p], jnp.asarray(b.idx), jnp.asarray(b.dev),
                     chunk))
-  zero_row = np.zeros((1, bs), np.float32)
+  zero_row = jnp.zeros((1, bs), jnp.float32)
   for start in range(0, u, bs):  # user blocks
     stop = min(start + bs, u)
     sim, rank = prep.ranks(start, bs)
     num, den, cnt = (np.array(a) for a in
-                     _all_rater_sums(jnp.asarray(sim), mdev, m_d, rule))
+                     _all_rater_sums(sim, mdev, m_d, rule))
     if buckets:  # items with more than k raters: their k best raters only
       rank_t = jnp.asarray(np.ascontiguousarray(rank.T))
-      sim_t = jnp.asarray(np.concatenate([sim.T, zero_row]))
+      sim_t = jnp.concatenate([sim.T, zero_row])
       for items, idx, dv, chunk in buckets:
         sums = _bucket_sums(rank_t, sim_t, idx, dv, rule, prep.k, chunk)
         for full, part in zip((num, den, cnt), sums):
@@ -490,7 +491,7 @@ def predict_pairs(train: Ratings, users: Sequence[int], items: Sequence[int],
     start = int(blk_id) * bs
     sel = order[blk == blk_id]
     sim, rank = prep.ranks(start, bs)
-    sim_ext = jnp.asarray(np.pad(sim, ((0, 0), (0, 1))))  # column U: padding
+    sim_ext = jnp.pad(sim, ((0, 0), (0, 1)))  # column U: padding
     rank = jnp.asarray(rank)
     for j in np.unique(which[items[sel]]):  # item buckets: a handful
       if j < 0:
