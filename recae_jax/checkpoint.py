@@ -26,14 +26,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from recae_jax.errors import UserError
-from recae_jax.workdir import is_primary
-
-
-def _sync(name: str) -> None:
-  """Multi-host barrier (a no-op in one process)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
+from recae_jax.workdir import barrier as _sync, is_primary
 
 
 class Checkpoints:

@@ -117,8 +117,8 @@ def train_and_evaluate_ensemble(config: Config, workdir, *, resume: bool = False
           [m["metrics"]["epoch_seconds_median"] for m in members])),
       "dataset": dataset.name, "dataset_files": dict(dataset.files),
   }
-  np.save(workdir / "test_pred.npy", test_pred.astype(np.float32))
-  np.save(workdir / "valid_pred.npy", valid_pred.astype(np.float32))
+  wd.save_npy(workdir / "test_pred.npy", test_pred.astype(np.float32))
+  wd.save_npy(workdir / "valid_pred.npy", valid_pred.astype(np.float32))
   wd.write_json(workdir / "metrics.json", results)
   progress(f"ensemble of {len(names)} component(s): test RMSE {te['rmse']:.4f} "
            f"MAE {te['mae']:.4f}; weights {results['blend_weights']}")

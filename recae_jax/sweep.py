@@ -571,9 +571,9 @@ def run_sweep(base: Config, configs: Sequence[Config], workdir, *,
         "device": jax.devices()[0].device_kind, "sweep_member": i, "sweep_size": k,
         "overrides": {f: getattr(cfg, f) for f in SWEEPABLE},
     }
-    np.save(mdir / "test_pred.npy", test_Kxn[i])
+    wd.save_npy(mdir / "test_pred.npy", test_Kxn[i])
     if valid_Kxn is not None:
-      np.save(mdir / "valid_pred.npy", valid_Kxn[i])
+      wd.save_npy(mdir / "valid_pred.npy", valid_Kxn[i])
     wd.write_json(mdir / "metrics.json", res)
     members.append(res)
 
@@ -593,7 +593,7 @@ def run_sweep(base: Config, configs: Sequence[Config], workdir, *,
       "n_test": len(t_.ratings), "n_test_fallback": t_.n_fallback,
       "batch_order": "shared: every member sees the same batches in the same order",
   }
-  np.save(workdir / "ensemble_test_pred.npy", test_Kxn.mean(0))
+  wd.save_npy(workdir / "ensemble_test_pred.npy", test_Kxn.mean(0))
   wd.write_json(workdir / "metrics.json", results)
   write_summary(workdir, labels, members, ens)
   try:

@@ -573,23 +573,22 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
       "device": jax.devices()[0].device_kind, "compute": compute_info,
       **memory_report(),
   }
-  primary = wd.is_primary()  # multi-host: process 0 owns the workdir's files
-  if primary:
-    np.save(workdir / "test_pred.npy", pred)
+  # Multi-host: process 0 writes the workdir's files (save_npy / write_json).
+  wd.save_npy(workdir / "test_pred.npy", pred)
   if problem.valid is not None:
     v = problem.valid
     vpred, _ = evaluate(best_params, problem.fit_data, v.blocks, v.target, v.fb_mask,
                         v.fb_value)
     vpred = jax.device_get(vpred)  # every process: it may be a collective
-    if primary:
-      np.save(workdir / "valid_pred.npy", np.asarray(vpred))
+    wd.save_npy(workdir / "valid_pred.npy", vpred)
   wd.write_json(workdir / "metrics.json", results)
   try:
     from recae_jax import plots
-    if primary:
+    if wd.is_primary():
       plots.plot_training_curves({workdir.name: history}, workdir / "plots" / "loss.png")
   except ImportError:  # matplotlib missing: plots are optional
     pass
+  wd.barrier(f"run-done-{workdir}")  # others may read these files next (ensembles)
   progress(f"test RMSE {te['rmse']:.4f}  MAE {te['mae']:.4f}  (epoch {meta['best_epoch']}, "
            f"{t.n_fallback} fallback pairs)")
   return results

@@ -29,6 +29,31 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
+def barrier(name: str) -> None:
+  """Multi-host: waits until every process gets here (a no-op in one
+  process). Call it after process 0 writes files the others will read."""
+  import jax
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def save_npy(path: str | os.PathLike, array) -> None:
+  """np.save via a temp file + rename; process 0 only."""
+  if not is_primary():
+    return
+  import numpy as np
+  path = pathlib.Path(path)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.save(f, np.asarray(array))
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
   """Writes JSON via a temp file + rename (atomic on POSIX)."""
   if not is_primary():
