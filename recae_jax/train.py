@@ -533,22 +533,34 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
   train_seconds = time.perf_counter() - t_train
   save()
   ckpts.close()
+  # Only best_params is needed from here: free the optimizer state and the
+  # sparse path's CSR copy before a refit allocates its own (Netflix-size
+  # I-AutoRec: 5.8 GB of parameters + Adam moments).
+  state = compiled = epoch_data = None
 
   test_params = best_params
   if config.refit and problem.valid is not None and meta["best_epoch"] > 0:
     # Retrain from the same initialisation on the whole training split
-    # (validation ratings included) for the selected number of epochs.
+    # (validation ratings included) for the selected number of epochs, on
+    # the compute path the training used.
     progress(f"refit on all {problem.n_train} training ratings for "
              f"{meta['best_epoch']} epochs")
     n_full = int(problem.full_data.train_rows.shape[0])
     refit_batch = config.batch_size if mesh else min(config.batch_size, n_full)
     refit_tx = make_optimizer(config, -(-n_full // refit_batch))
-    refit_epoch = make_train_epoch(model, refit_tx, config, refit_batch, mesh)
+    refit_data = problem.full_data
+    if compute_info["compute"] == "sparse":
+      from recae_jax import sparse_autorec
+      refit_epoch, refit_data, _ = sparse_autorec.make_epoch_for(
+          config, "sparse", model, refit_tx, problem.full_data, refit_batch,
+          batching=config.sparse_batching)
+    else:
+      refit_epoch = make_train_epoch(model, refit_tx, config, refit_batch, mesh)
     refit_state = init_state(model, refit_tx, problem.full_data, config.seed)
     if mesh is not None:
       refit_state = sharding.shard_state(mesh, refit_state)
     for _ in range(meta["best_epoch"]):
-      refit_state, m = refit_epoch(refit_state, problem.full_data)
+      refit_state, m = refit_epoch(refit_state, refit_data)
     if not np.isfinite(float(m["loss"])):
       raise TrainingDiverged("the refit on the whole training split diverged; "
                              "run without --refit")

@@ -110,3 +110,25 @@ def test_choose_compute_and_unsupported(tiny):
   assert out["dense_epoch_seconds"] > 0 and out["sparse_epoch_seconds"] > 0
   tied = dataclasses.replace(config, tied=True)
   assert sa.choose_compute(tied, problem.fit_data, problem.n_cols)["choice"] == "dense"
+
+
+def test_refit_stays_on_the_sparse_path(tiny, tmp_path, monkeypatch):
+  # The refit on train+valid must not fall back to the dense engine: at
+  # ML-20M/Netflix scale that would be the slow path (and a dense batch).
+  dataset, split = tiny
+  paths = []
+  real = sa.make_epoch_for
+  monkeypatch.setattr(sa, "make_epoch_for",
+                      lambda config, compute, *a, **k: paths.append(compute) or
+                      real(config, compute, *a, **k))
+
+  def no_dense(*a, **k):
+    raise AssertionError("dense epoch built on a --compute=sparse run")
+
+  monkeypatch.setattr(train, "make_train_epoch", no_dense)
+  config = make_config("autorec", layers=(16,), epochs=3, batch_size=16, patience=0,
+                       learning_rate=1e-2, compute="sparse", refit=True)
+  m = train.train_and_evaluate(config, tmp_path / "run", progress=lambda _: None,
+                               problem=train.build_problem(config, dataset, split))
+  assert m["refit"] and paths == ["sparse", "sparse"]
+  assert np.isfinite(m["test_rmse"])
