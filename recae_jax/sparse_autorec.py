@@ -104,46 +104,50 @@ def entry_bound(lengths_R: np.ndarray, batch_size: int, batching: str) -> int:
 
 def from_csr(csr: sparse_lib.CSR, batch_size: int,
              batching: str = "stratified") -> SparseRowData:
-  if batching not in BATCHINGS:
-    raise ValueError(f"batching must be one of {BATCHINGS}, got {batching!r}")
   if csr.nnz >= 2**31 - 1:
     raise ValueError("CSR with >= 2^31 entries needs int64 indices")
-  lengths = csr.row_lengths()
+  return _batched(jnp.asarray(np.append(csr.indptr, csr.indptr[-1]).astype(np.int32)),
+                  jnp.asarray(np.append(csr.indices, 0).astype(np.int32)),
+                  jnp.asarray(np.append(csr.data, 0).astype(np.float32)),
+                  csr.row_lengths(), int(csr.shape[1]), batch_size, batching)
+
+
+def _batched(indptr, indices, data, lengths: np.ndarray, n_cols: int, batch_size: int,
+             batching: str) -> SparseRowData:
+  """SparseRowData over device CSR arrays (padding-row layout) and host row lengths."""
+  if batching not in BATCHINGS:
+    raise ValueError(f"batching must be one of {BATCHINGS}, got {batching!r}")
   rows = np.flatnonzero(lengths > 0).astype(np.int32)
   batch_size = max(1, min(batch_size, len(rows)))
   n_batches = max(1, -(-len(rows) // batch_size))
-  n_rows = csr.shape[0]
+  n_rows = len(lengths)
   by_len = rows[np.argsort(-lengths[rows], kind="stable")]
   strata = np.full(n_batches * batch_size, n_rows, np.int32)
   strata[: len(by_len)] = by_len
   return SparseRowData(
-      indptr=jnp.asarray(np.append(csr.indptr, csr.indptr[-1]).astype(np.int32)),
-      indices=jnp.asarray(np.append(csr.indices, 0).astype(np.int32)),
-      data=jnp.asarray(np.append(csr.data, 0).astype(np.float32)),
-      train_rows=jnp.asarray(rows),
+      indptr=indptr, indices=indices, data=data, train_rows=jnp.asarray(rows),
       strata_SxNb=jnp.asarray(strata.reshape(batch_size, n_batches)),
-      n_cols=int(csr.shape[1]), batch_size=batch_size,
+      n_cols=n_cols, batch_size=batch_size,
       max_entries=entry_bound(lengths[rows], batch_size, batching), batching=batching)
 
 
-def csr_from_row_source(source: sparse_lib.RowSource) -> sparse_lib.CSR:
-  """The host CSR behind a `RowData.source` (dense or CSR layout)."""
-  if isinstance(source, sparse_lib.DenseRows):
-    dense = np.asarray(source.values_RxN)[:-1]
-    r, c = np.nonzero(dense)
-    indptr = np.zeros(dense.shape[0] + 1, np.int64)
-    np.cumsum(np.bincount(r, minlength=dense.shape[0]), out=indptr[1:])
-    return sparse_lib.CSR(indptr, c.astype(np.int32), dense[r, c].astype(np.float32),
-                          dense.shape)
-  indptr = np.asarray(source.indptr)[:-1].astype(np.int64)
-  nnz = int(indptr[-1])
-  return sparse_lib.CSR(indptr, np.asarray(source.indices)[:nnz],
-                        np.asarray(source.data)[:nnz], (len(indptr) - 1, source.n_cols))
+def _csr_from_dense(source: sparse_lib.DenseRows) -> sparse_lib.CSR:
+  dense = np.asarray(source.values_RxN)[:-1]
+  r, c = np.nonzero(dense)
+  indptr = np.zeros(dense.shape[0] + 1, np.int64)
+  np.cumsum(np.bincount(r, minlength=dense.shape[0]), out=indptr[1:])
+  return sparse_lib.CSR(indptr, c.astype(np.int32), dense[r, c].astype(np.float32),
+                        dense.shape)
 
 
 def from_row_data(data: train_lib.RowData, batch_size: int,
                   batching: str = "stratified") -> SparseRowData:
-  return from_csr(csr_from_row_source(data.source), batch_size, batching)
+  source = data.source
+  if isinstance(source, sparse_lib.CSRRows):  # same layout: share its device arrays
+    lengths = np.diff(np.asarray(source.indptr))[:-1]
+    return _batched(source.indptr, source.indices, source.data, lengths, source.n_cols,
+                    batch_size, batching)
+  return from_csr(_csr_from_dense(source), batch_size, batching)
 
 
 @flax.struct.dataclass
@@ -156,13 +160,15 @@ class Entries:
   valid_T: jax.Array  # float32 1 for a real entry, 0 for padding
 
 
-def flatten_batch(sd: SparseRowData, rows_B: jax.Array) -> Entries:
-  """Gathers the nonzeros of rows_B into T slots (no Python loops)."""
+def flatten_batch(sd, rows_B: jax.Array, n_entries: Optional[int] = None) -> Entries:
+  """Gathers the nonzeros of rows_B into T slots (no Python loops). `sd` is
+  any device CSR with the padding-row layout (SparseRowData, data.sparse.
+  CSRRows); T = n_entries, default sd.max_entries, must bound the rows' total."""
   b = rows_B.shape[0]
   start_B = sd.indptr[rows_B]
   len_B = sd.indptr[rows_B + 1] - start_B
   end_B = jnp.cumsum(len_B)
-  t_T = jnp.arange(sd.max_entries, dtype=jnp.int32)
+  t_T = jnp.arange(sd.max_entries if n_entries is None else n_entries, dtype=jnp.int32)
   row_T = jnp.minimum(jnp.searchsorted(end_B, t_T, side="right"), b - 1).astype(jnp.int32)
   valid = t_T < end_B[-1]
   pos_T = jnp.where(valid, start_B[row_T] + t_T - (end_B - len_B)[row_T],
@@ -185,11 +191,10 @@ def epoch_rows(sd: SparseRowData, rng: jax.Array, shuffle: bool) -> jax.Array:
 
 # ------------------------------------------------------------------ model
 
-def predict_entries(model: AutoEncoder, params, e: Entries, batch_size: int, *,
-                    div: float = 1.0, train: bool = False,
-                    rng: Optional[jax.Array] = None) -> jax.Array:
-  """The model's outputs at the observed (row, col) slots only: [T]."""
-  act, out_act = _ACT[model.activation], _ACT[model.output_activation]
+def encode(model: AutoEncoder, params, e: Entries, batch_size: int, *, div: float = 1.0,
+           train: bool = False, rng: Optional[jax.Array] = None) -> jax.Array:
+  """The last hidden layer [B, H] of the batch whose entries are `e`."""
+  act = _ACT[model.activation]
   n_layers = len(model.layers)
   x_T = e.value_T / div
   if train and model.input_dropout > 0:
@@ -209,13 +214,26 @@ def predict_entries(model: AutoEncoder, params, e: Entries, batch_size: int, *,
     h = jnp.where(keep, h / (1 - model.dropout), 0.0)
   for i in range(n_layers - 1):
     h = act(h @ params[f"dec_{i}_kernel"] + params[f"dec_{i}_bias"])
-  last = n_layers - 1
+  return h
+
+
+def outputs_at(model: AutoEncoder, params, h_BxH, row_P, col_P) -> jax.Array:
+  """The model's outputs at (row, col) pairs only: [P] (scaled like the input)."""
+  last = len(model.layers) - 1
   # Materialise V^T once: a transpose fused into the gather reads strided columns.
   v_NxH = jax.lax.optimization_barrier(params[f"dec_{last}_kernel"].T)
-  chunk = sparse_ops.chunk_size(x_T.shape[0], h.shape[-1])
-  out_T = (sparse_ops.sddmm(h, v_NxH, e.row_T, e.col_T, chunk)
-           + params[f"dec_{last}_bias"][e.col_T])
-  return out_act(out_T)
+  chunk = sparse_ops.chunk_size(row_P.shape[0], h_BxH.shape[-1])
+  out_P = (sparse_ops.sddmm(h_BxH, v_NxH, row_P, col_P, chunk)
+           + params[f"dec_{last}_bias"][col_P])
+  return _ACT[model.output_activation](out_P)
+
+
+def predict_entries(model: AutoEncoder, params, e: Entries, batch_size: int, *,
+                    div: float = 1.0, train: bool = False,
+                    rng: Optional[jax.Array] = None) -> jax.Array:
+  """The model's outputs at the observed (row, col) slots only: [T]."""
+  h = encode(model, params, e, batch_size, div=div, train=train, rng=rng)
+  return outputs_at(model, params, h, e.row_T, e.col_T)
 
 
 def sparse_loss(model: AutoEncoder, config: Config, params, e: Entries, n_real_rows,
@@ -286,6 +304,47 @@ def make_train_epoch(model: AutoEncoder, tx: optax.GradientTransformation,
                    "count": jnp.sum(count)}
 
   return train_epoch
+
+
+# -------------------------------------------------------------- evaluation
+
+def block_entry_bound(source, blocks) -> int:
+  """Most entries any evaluation block's rows hold (host; the static T)."""
+  lengths = np.diff(np.asarray(source.indptr))          # padding row has 0
+  rows_KxB = np.asarray(blocks.rows_KxB)
+  return max(1, int(lengths[rows_KxB].sum(axis=1).max()))
+
+
+def make_evaluate(model: AutoEncoder, config: Config,
+                  rating_scale: tuple[float, float]) -> Callable:
+  """`train.make_evaluate`'s contract for data held as a device CSR: each
+  block's hidden layer comes from its rows' entries (spmm) and the output
+  layer is evaluated at the block's pairs only (sddmm), never B x N. For
+  RowData with a dense source it falls back to the dense evaluation."""
+  div = config.rating_divisor
+  dense_evaluate = train_lib.make_evaluate(model, config, rating_scale)
+
+  @functools.partial(jax.jit, static_argnums=6)
+  def sparse_evaluate(params, source, blocks, target_n, fb_mask_n, fb_value_n,
+                      n_entries: int):
+    def block(_, xs):
+      rows_B, local_P, cols_P = xs
+      e = flatten_batch(source, rows_B, n_entries)
+      h = encode(model, params, e, rows_B.shape[0], div=div)
+      return None, outputs_at(model, params, h, local_P, cols_P) * div
+
+    _, pred_KxP = jax.lax.scan(block, None, (blocks.rows_KxB, blocks.local_KxP,
+                                             blocks.cols_KxP))
+    return train_lib.score_pairs(pred_KxP, blocks, target_n, fb_mask_n, fb_value_n,
+                                 rating_scale)
+
+  def evaluate(params, data: train_lib.RowData, blocks, target_n, fb_mask_n, fb_value_n):
+    if not isinstance(data.source, sparse_lib.CSRRows) or data.side_RxS is not None:
+      return dense_evaluate(params, data, blocks, target_n, fb_mask_n, fb_value_n)
+    return sparse_evaluate(params, data.source, blocks, target_n, fb_mask_n, fb_value_n,
+                           block_entry_bound(data.source, blocks))
+
+  return evaluate
 
 
 # ------------------------------------------------------- measure & choose

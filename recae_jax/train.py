@@ -216,7 +216,6 @@ def make_evaluate(model: AutoEncoder, config: Config,
   and sums SSE / absolute error / count on device.
   """
   div = config.rating_divisor
-  lo, hi = rating_scale
 
   @jax.jit
   def evaluate(params, data: RowData, blocks: PairBlocks, target_n, fb_mask_n,
@@ -232,14 +231,22 @@ def make_evaluate(model: AutoEncoder, config: Config,
 
     _, pred_KxP = jax.lax.scan(block, None, (blocks.rows_KxB, blocks.local_KxP,
                                              blocks.cols_KxP))
-    pred_n = jnp.zeros((blocks.n_pairs,), jnp.float32).at[
-        blocks.index_KxP.reshape(-1)].set(pred_KxP.reshape(-1), mode="drop")
-    pred_n = jnp.where(fb_mask_n, fb_value_n, jnp.clip(pred_n, lo, hi))
-    err = pred_n - target_n
-    return pred_n, {"sse": jnp.sum(err * err), "abs": jnp.sum(jnp.abs(err)),
-                    "count": jnp.float32(blocks.n_pairs)}
+    return score_pairs(pred_KxP, blocks, target_n, fb_mask_n, fb_value_n, rating_scale)
 
   return evaluate
+
+
+def score_pairs(pred_KxP, blocks: PairBlocks, target_n, fb_mask_n, fb_value_n,
+                rating_scale: tuple[float, float]):
+  """Block-ordered predictions → (pred_n in pair order, clipped, fallbacks
+  substituted; {"sse", "abs", "count"})."""
+  lo, hi = rating_scale
+  pred_n = jnp.zeros((blocks.n_pairs,), jnp.float32).at[
+      blocks.index_KxP.reshape(-1)].set(pred_KxP.reshape(-1), mode="drop")
+  pred_n = jnp.where(fb_mask_n, fb_value_n, jnp.clip(pred_n, lo, hi))
+  err = pred_n - target_n
+  return pred_n, {"sse": jnp.sum(err * err), "abs": jnp.sum(jnp.abs(err)),
+                  "count": jnp.float32(blocks.n_pairs)}
 
 
 def init_state(model: AutoEncoder, tx, data: RowData, seed: int) -> TrainState:
@@ -435,6 +442,8 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
         config, config.compute, model, tx, problem.fit_data, batch_size,
         batching=config.sparse_batching)
     progress(f"compute: {compute_info['compute']}")
+    if compute_info["compute"] == "sparse":  # outputs at the evaluated pairs only
+      evaluate = sparse_autorec.make_evaluate(model, config, problem.rating_scale)
   else:
     if config.compute != "dense":
       progress("compute: dense (the sparse path is single-device)")

@@ -132,3 +132,43 @@ def test_refit_stays_on_the_sparse_path(tiny, tmp_path, monkeypatch):
                                problem=train.build_problem(config, dataset, split))
   assert m["refit"] and paths == ["sparse", "sparse"]
   assert np.isfinite(m["test_rmse"])
+
+
+def _csr_problem(config, dataset, split):
+  """build_problem with both row sources held as device CSR (tiny fits dense)."""
+  problem = train.build_problem(config, dataset, split)
+  def as_csr(data, ratings):
+    csr = sparse.ratings_to_csr(ratings, config.orientation)
+    return dataclasses.replace(data, source=sparse.make_row_source(csr, force="csr"))
+  return dataclasses.replace(problem, fit_data=as_csr(problem.fit_data, split.train),
+                             full_data=as_csr(problem.full_data,
+                                              split.train.concat(split.valid)))
+
+
+@pytest.mark.parametrize("orientation", ["item", "user"])
+def test_sparse_evaluate_matches_dense(tiny, orientation):
+  dataset, split = tiny
+  config = make_config("autorec", orientation=orientation, layers=(12, 6),
+                       eval_batch_size=8)
+  problem = _csr_problem(config, dataset, split)
+  model = build_model(config, problem.n_cols)
+  params = sa.init_state(model, train.make_optimizer(config, 1), problem.n_cols, 3).params
+  t = problem.test
+  args = (params, problem.full_data, t.blocks, t.target, t.fb_mask, t.fb_value)
+  want_pred, want = train.make_evaluate(model, config, problem.rating_scale)(*args)
+  got_pred, got = sa.make_evaluate(model, config, problem.rating_scale)(*args)
+  np.testing.assert_allclose(got_pred, want_pred, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got["sse"], want["sse"], rtol=1e-4)
+  assert sa.block_entry_bound(problem.full_data.source, t.blocks) <= int(
+      problem.full_data.source.indptr[-1])
+
+
+def test_sparse_row_data_shares_the_csr_arrays(tiny):
+  dataset, split = tiny
+  config = make_config("autorec")
+  problem = _csr_problem(config, dataset, split)
+  sd = sa.from_row_data(problem.fit_data, 16)
+  assert sd.indices is problem.fit_data.source.indices   # no second copy
+  ref = sa.from_csr(sparse.ratings_to_csr(split.train, "item"), 16)
+  np.testing.assert_array_equal(sd.strata_SxNb, ref.strata_SxNb)
+  assert sd.max_entries == ref.max_entries
