@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from recae_jax import sweep, train
 from recae_jax.config import make_config
+from recae_jax.data import sparse
 from recae_jax.errors import UserError
 from recae_jax.models import build_model
 
@@ -37,12 +39,14 @@ def test_parse_sweep_grid_zip_and_errors():
 def test_member_matches_lone_run_with_shared_order(tiny):
   dataset, split = tiny
   base = make_config("autorec", orientation="user", layers=(16,), batch_size=32,
-                     epochs=1, dense_budget_mb=1)  # CSR layout: the general path
+                     epochs=1)
   configs = sweep.member_configs(base, sweep.parse_sweep(
       "seed=0,3;learning_rate=1e-3,3e-3;l2=0,1e-2", mode="zip") + [
           {"seed": 5, "learning_rate": 2e-3, "l2": 1e-3}])
   problem = train.build_problem(base, dataset, split)
-  data = problem.fit_data
+  # CSR rows, the general path (tiny would fit the dense budget).
+  data = dataclasses.replace(problem.fit_data, source=sparse.make_row_source(
+      sparse.ratings_to_csr(split.train, "user"), force="csr"))
   model = build_model(base, problem.n_cols)
   n_rows = int(data.train_rows.shape[0])
   steps = -(-n_rows // base.batch_size)
