@@ -217,11 +217,19 @@ def encode(model: AutoEncoder, params, e: Entries, batch_size: int, *, div: floa
   return h
 
 
-def outputs_at(model: AutoEncoder, params, h_BxH, row_P, col_P) -> jax.Array:
-  """The model's outputs at (row, col) pairs only: [P] (scaled like the input)."""
+def output_rows(model: AutoEncoder, params) -> jax.Array:
+  """The output layer's kernel as [N, H] rows, the layout sddmm gathers."""
+  # Materialised once: a transpose fused into the gather reads strided columns.
+  return jax.lax.optimization_barrier(params[f"dec_{len(model.layers) - 1}_kernel"].T)
+
+
+def outputs_at(model: AutoEncoder, params, h_BxH, row_P, col_P,
+               v_NxH: Optional[jax.Array] = None) -> jax.Array:
+  """The model's outputs at (row, col) pairs only: [P] (scaled like the input).
+  Pass `output_rows(...)` as v_NxH when calling this in a loop."""
   last = len(model.layers) - 1
-  # Materialise V^T once: a transpose fused into the gather reads strided columns.
-  v_NxH = jax.lax.optimization_barrier(params[f"dec_{last}_kernel"].T)
+  if v_NxH is None:
+    v_NxH = output_rows(model, params)
   chunk = sparse_ops.chunk_size(row_P.shape[0], h_BxH.shape[-1])
   out_P = (sparse_ops.sddmm(h_BxH, v_NxH, row_P, col_P, chunk)
            + params[f"dec_{last}_bias"][col_P])
@@ -327,11 +335,13 @@ def make_evaluate(model: AutoEncoder, config: Config,
   @functools.partial(jax.jit, static_argnums=6)
   def sparse_evaluate(params, source, blocks, target_n, fb_mask_n, fb_value_n,
                       n_entries: int):
+    v_NxH = output_rows(model, params)  # once, not per block
+
     def block(_, xs):
       rows_B, local_P, cols_P = xs
       e = flatten_batch(source, rows_B, n_entries)
       h = encode(model, params, e, rows_B.shape[0], div=div)
-      return None, outputs_at(model, params, h, local_P, cols_P) * div
+      return None, outputs_at(model, params, h, local_P, cols_P, v_NxH) * div
 
     _, pred_KxP = jax.lax.scan(block, None, (blocks.rows_KxB, blocks.local_KxP,
                                              blocks.cols_KxP))

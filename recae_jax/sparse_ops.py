@@ -94,7 +94,8 @@ spmm.defvjp(_spmm_fwd, _spmm_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def sddmm(h_BxH, v_NxH, row_T, col_T, chunk: int):
   """h[row_t] · v[col_t] for every entry t: the dense product h vᵀ sampled at
-  the entries, without forming it."""
+  the entries, without forming it. Rows must be sorted if it is
+  differentiated (the backward scatters into dh as sorted)."""
   rows, cols, _ = _chunked(row_T, col_T, jnp.zeros(row_T.shape, h_BxH.dtype), chunk)
 
   def body(_, xs):

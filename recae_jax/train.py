@@ -542,9 +542,9 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
   train_seconds = time.perf_counter() - t_train
   save()
   ckpts.close()
-  # Only best_params is needed from here: free the optimizer state and the
-  # sparse path's CSR copy before a refit allocates its own (Netflix-size
-  # I-AutoRec: 5.8 GB of parameters + Adam moments).
+  # Only best_params is needed from here: free the training state before a
+  # refit allocates its own (Netflix-size I-AutoRec: 5.8 GB of parameters
+  # and Adam moments).
   state = compiled = epoch_data = None
 
   test_params = best_params
@@ -609,7 +609,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
       plots.plot_training_curves({workdir.name: history}, workdir / "plots" / "loss.png")
   except ImportError:  # matplotlib missing: plots are optional
     pass
-  wd.barrier(f"run-done-{workdir}")  # others may read these files next (ensembles)
+  wd.barrier("train-and-evaluate-done")  # others may read these files next (ensembles)
   progress(f"test RMSE {te['rmse']:.4f}  MAE {te['mae']:.4f}  (epoch {meta['best_epoch']}, "
            f"{t.n_fallback} fallback pairs)")
   return results
