@@ -67,6 +67,7 @@ class Config:
   refit: bool = False              # after selection, retrain on train+valid for best_epoch epochs
   checkpoint_every: int = 10
   dense_budget_mb: int = 1024      # whole matrix on device if it fits, else CSR
+  memory_budget_mb: int = 0        # stop before training if the estimated peak per device exceeds it; 0 = no check
   compute_dtype: str = "float32"   # "bfloat16": bf16 matmuls, float32 params and loss
   compute: str = "dense"           # "sparse": touch only observed entries; "auto": time both
   sparse_batching: str = "stratified"  # sparse path: rows per batch by length band, or "uniform"
@@ -121,7 +122,7 @@ class Config:
     if not 0 <= self.valid_fraction < 1:
       bad("valid_fraction", f"must be in [0, 1), got {self.valid_fraction}")
     for name in ("l2", "weight_decay", "input_noise", "grad_clip", "patience",
-                 "dense_refeeding", "data_parallel"):
+                 "dense_refeeding", "data_parallel", "memory_budget_mb"):
       if getattr(self, name) < 0:
         bad(name, f"must be >= 0, got {getattr(self, name)}")
     if self.fallback not in ("item_user_global", "global"):

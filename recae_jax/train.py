@@ -29,6 +29,7 @@ import optax
 
 from recae_jax import checkpoint as ckpt_lib
 from recae_jax import losses
+from recae_jax import memory
 from recae_jax import sharding
 from recae_jax.config import Config
 from recae_jax.data import sparse
@@ -450,6 +451,14 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
     train_epoch = make_train_epoch(model, tx, config, batch_size, mesh)
     epoch_data, compute_info = None, {"compute": "dense"}
 
+  abstract_state = jax.eval_shape(lambda: init_state(model, tx, problem.fit_data,
+                                                     config.seed))
+  mem = memory.estimate(
+      config, model, abstract_state, problem, batch_size, compute_info["compute"],
+      getattr(epoch_data, "max_entries", None),
+      **({} if mesh is None else {"data_parallel": mesh.shape["data"],
+                                  "model_parallel": mesh.shape["model"]}))
+  memory.check_budget(config, mem, batch_size)  # before the state is allocated
   state = init_state(model, tx, problem.fit_data, config.seed)
   if mesh is not None:
     sharding.check_divisible(mesh, batch_size, config.eval_batch_size, problem.n_cols,
@@ -592,7 +601,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
       "epoch_seconds_median": float(np.median(epoch_seconds)) if epoch_seconds else None,
       "dataset": problem.dataset_name, "dataset_files": problem.dataset_files,
       "device": jax.devices()[0].device_kind, "compute": compute_info,
-      **memory_report(),
+      "estimated_peak_mb": round(mem["total_mb"], 1), **memory_report(),
   }
   # Multi-host: process 0 writes the workdir's files (save_npy / write_json).
   wd.save_npy(workdir / "test_pred.npy", pred)
