@@ -9,8 +9,8 @@ one batch's working set, the larger of
                gradient, the loss's difference) + B x hidden activations,
   sparse path  T entries x 16 bytes + the output kernel's [N, H] transpose
                and the two [N, width] gradient accumulators,
-  evaluation   eval_batch x N floats x 3 (dense; the sparse evaluation's
-               working set is the sparse path's).
+  evaluation   eval_batch x N floats x 3 (dense evaluation; the sparse one,
+               on CSR rows, is counted like a sparse step).
 
 Per device: the batch splits over the 'data' axis, the N-wide layers over
 'model'. XLA may fuse some of the batch arrays away and the runtime adds a
@@ -23,6 +23,7 @@ from typing import Optional
 
 import jax
 
+from recae_jax.data import sparse
 from recae_jax.errors import UserError
 
 MB = 1 << 20
@@ -53,7 +54,11 @@ def estimate(config, model, abstract_state, problem, batch_size: int, compute: s
     batch = t * 16 + n * (2 * widths[-1] + widths[0]) * 4 / model_parallel
   else:
     batch = rows * (n * 4 * _BATCH_ARRAYS / model_parallel + sum(widths) * 4 * 4)
-  evaluation = config.eval_batch_size // data_parallel * n * 4 * _EVAL_ARRAYS / model_parallel
+  if compute == "sparse" and isinstance(problem.fit_data.source, sparse.CSRRows):
+    evaluation = batch  # evaluated at the pairs only, like a sparse step's forward
+  else:
+    evaluation = (config.eval_batch_size // data_parallel * n * 4 * _EVAL_ARRAYS
+                  / model_parallel)
   parts = {"state_mb": state / MB, "gradients_and_best_mb": 2 * params / MB,
            "data_mb": data / MB, "batch_mb": batch / MB, "eval_mb": evaluation / MB}
   parts["total_mb"] = (parts["state_mb"] + parts["gradients_and_best_mb"]
@@ -78,8 +83,10 @@ def check_budget(config, est: dict, batch_size: int) -> None:
     fixes.append("the model and data alone exceed it: use narrower --layers or more "
                  "--model_parallel devices")
   else:
-    if est["batch_mb"] > room:
-      rows = int(room // est["per_batch_row_mb"]) if est["per_batch_row_mb"] else 0
+    if est["batch_mb"] > room and est["per_batch_row_mb"] is None:  # sparse path
+      fixes.append("lower --batch_size")
+    elif est["batch_mb"] > room:
+      rows = int(room // est["per_batch_row_mb"])
       fixes.append(f"lower --batch_size to {min(rows, batch_size - 1)} (or try "
                    "--compute=sparse)" if rows >= 1 else "try --compute=sparse")
     if est["eval_mb"] > room:

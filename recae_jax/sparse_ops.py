@@ -5,7 +5,7 @@ walked in cache-sized chunks of entries.
     sddmm(h_BxH, v_NxH, row_T, col_T)            out[t] = h[row_t] · v[col_t]
 
 Written plainly (gather T rows, multiply, segment-sum), each materialises a
-[T, H] array: 22 MB per batch for I-AutoRec on ML-100K, 380 MB on ML-20M, so
+[T, H] array: 22 MB per batch for I-AutoRec on ML-100K, 430 MB on ML-20M, so
 every pass streams through main memory and XLA:CPU's gathers crawl. Here a
 lax.scan walks the entries `chunk` at a time (chunk x H floats stay in L2)
 and the custom VJPs keep the backward chunked too: autodiff of the plain
