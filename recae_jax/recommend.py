@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from recae_jax import ranking
+from recae_jax import workdir as wd
 from recae_jax.config import Config
 from recae_jax.data import sparse
 from recae_jax.data.types import Dataset, Ratings
@@ -312,7 +313,7 @@ def export_embeddings(path, emb_NxD: np.ndarray, frame: pd.DataFrame) -> list[pa
   if len(frame) != len(emb_NxD):
     raise ValueError("frame and embeddings differ in length")
   written = [path.with_suffix(".npy"), path.with_suffix(".csv")]
-  np.save(written[0], emb_NxD.astype(np.float32))
+  wd.save_npy(written[0], emb_NxD.astype(np.float32))  # atomic: a failure keeps the old file
   frame.to_csv(written[1], index=False)
   try:
     import pyarrow  # noqa: F401
