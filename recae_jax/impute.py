@@ -33,8 +33,6 @@ import dataclasses
 import functools
 import math
 import os
-import pathlib
-import tempfile
 from typing import Iterator, NamedTuple, Optional, Sequence
 
 import jax
@@ -42,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recae_jax import similarity as sim_lib
+from recae_jax import workdir as wd
 from recae_jax.data.types import Ratings
 from recae_jax.errors import UserError
 
@@ -428,26 +427,19 @@ def save_filled(path: str | os.PathLike, train: Ratings,
   atomically: written beside `path` and renamed when complete, so a failure
   (or a full disk) never leaves a truncated file or clobbers an old one.
   """
-  path = pathlib.Path(path)
   shape = (train.n_users, train.n_items)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                             suffix=".npy")
-  os.close(fd)
   try:
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                    shape=shape)
-    for start, pred, _ in fill_blocks(train, config, block_size=block_size,
-                                      keep_observed=keep_observed, **kwargs):
-      out[start:start + len(pred)] = pred
-    out.flush()
-    del out
-    os.replace(tmp, path)
+    with wd.atomic_path(path, ".npy") as tmp:
+      out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+      for start, pred, _ in fill_blocks(train, config, block_size=block_size,
+                                        keep_observed=keep_observed, **kwargs):
+        out[start:start + len(pred)] = pred
+      out.flush()
+      del out
   except OSError as e:
     raise UserError(f"{path}: could not write the filled matrix "
                     f"({e.strerror or e}); free space or choose another "
                     f"--workdir") from e
-  finally:
-    pathlib.Path(tmp).unlink(missing_ok=True)
   return shape
 
 

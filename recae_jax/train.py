@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import pathlib
 import time
 from typing import Any, Callable, Optional
@@ -642,6 +641,5 @@ def _write_history(path: pathlib.Path, rows: list[dict]) -> None:
   from recae_jax import workdir as wd
   if not wd.is_primary():
     return  # multi-host: process 0 owns the workdir's files
-  tmp = path.with_suffix(".jsonl.tmp")
-  tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-  os.replace(tmp, path)
+  with wd.atomic_path(path) as tmp:
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import tempfile
+from typing import Iterator
 
 from recae_jax.errors import UserError
 
@@ -38,36 +40,36 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[pathlib.Path]:
+  """Yields a temp path beside `path` to write; it replaces `path` only if the
+  block completes, and is removed otherwise (a crash never leaves half a file
+  and never clobbers the old one)."""
+  path = pathlib.Path(path)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+  os.close(fd)
+  try:
+    yield pathlib.Path(tmp)
+    os.replace(tmp, path)
+  finally:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+
+
 def save_npy(path: str | os.PathLike, array) -> None:
-  """np.save via a temp file + rename; process 0 only."""
+  """np.save, atomically; process 0 only."""
   if not is_primary():
     return
   import numpy as np
-  path = pathlib.Path(path)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.save(f, np.asarray(array))
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
+  with atomic_path(path, ".npy") as tmp:
+    np.save(tmp, np.asarray(array))
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-  """Writes JSON via a temp file + rename (atomic on POSIX)."""
+  """Writes JSON atomically; process 0 only."""
   if not is_primary():
     return
-  path = pathlib.Path(path)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True, default=_default)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
+  with atomic_path(path) as tmp:
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_default) + "\n")
 
 
 def append_jsonl(path: str | os.PathLike, obj) -> None:
