@@ -348,11 +348,17 @@ def make_evaluate(model: AutoEncoder, config: Config,
     return train_lib.score_pairs(pred_KxP, blocks, target_n, fb_mask_n, fb_value_n,
                                  rating_scale)
 
+  bounds = {}  # per (rows, blocks): read back from the device once, not per epoch
+
   def evaluate(params, data: train_lib.RowData, blocks, target_n, fb_mask_n, fb_value_n):
     if not isinstance(data.source, sparse_lib.CSRRows) or data.side_RxS is not None:
       return dense_evaluate(params, data, blocks, target_n, fb_mask_n, fb_value_n)
+    key = (id(data.source.indptr), id(blocks.rows_KxB))
+    if key not in bounds:  # the arrays are kept with it, so their ids stay theirs
+      bounds[key] = (data.source.indptr, blocks.rows_KxB,
+                     block_entry_bound(data.source, blocks))
     return sparse_evaluate(params, data.source, blocks, target_n, fb_mask_n, fb_value_n,
-                           block_entry_bound(data.source, blocks))
+                           bounds[key][2])
 
   return evaluate
 
