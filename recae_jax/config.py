@@ -24,6 +24,7 @@ class Config:
   # --- data ---
   dataset: str = "ml-100k"         # MovieLens name, a ratings file, or synthetic:<ml-20m|netflix|UxIxN>
   data_dir: Optional[str] = None
+  columns: str = ""                # generic files: user=COL,item=COL,rating=COL[,timestamp=COL]; "" = find by name
   split: str = "u1"
   test_fraction: float = 0.1       # "random" split
   time_quantile: float = 0.98      # "time" split
