@@ -1,9 +1,13 @@
 """Shared fixtures.
 
-Real-data tests take the `data_dir` fixture. Without $RECAE_DATA_DIR they
-skip, except when $RECAE_REQUIRE_REAL_DATA=1 (set by .ci/run when
-../shared/data exists): then a missing data directory is a failure, so CI can
-never go green with the real-data tests silently skipped.
+Real-data tests that need ML-100K take the `data_dir` fixture. Without
+$RECAE_DATA_DIR they skip, except when $RECAE_REQUIRE_REAL_DATA=1 (set by
+.ci/run when ../shared/data exists): then a missing data directory is a
+failure, so CI can never go green with the real-data tests silently skipped.
+
+Tests that need only ml-latest-small take `small_data_dir` instead: the copy
+bundled in the package, unpacked into a temporary cache. It is there
+everywhere, so those tests never skip.
 """
 
 import os
@@ -24,8 +28,25 @@ def _data_dir():
 
 @pytest.fixture(scope="session")
 def data_dir() -> pathlib.Path:
-  """The directory holding ml-100k/ and ml-latest-small/."""
+  """The directory holding ml-100k/ (and, in CI, ml-latest-small/)."""
   return _data_dir()
+
+
+@pytest.fixture(scope="session")
+def small_data_dir(tmp_path_factory) -> pathlib.Path:
+  """A directory holding ml-latest-small/, unpacked from the bundled archive.
+
+  Resolved the way `--dataset=ml-latest-small` is, with $RECAE_DATA_DIR unset
+  and $RECAE_CACHE_DIR pointing at an empty temporary cache, so it always
+  comes from the bundled copy (and never from the network)."""
+  from recae_jax.data import download
+  cache = tmp_path_factory.mktemp("bundled_cache")
+  with pytest.MonkeyPatch.context() as mp:
+    mp.delenv("RECAE_DATA_DIR", raising=False)
+    mp.setenv("RECAE_CACHE_DIR", str(cache))
+    folder = download.resolve_dataset_dir("ml-latest-small", download=False)
+  assert folder == cache / "ml-latest-small" and (folder / download.STAMP).is_file()
+  return cache
 
 
 def low_rank_ratings(n_users=200, n_items=100, density=0.3, seed=0):

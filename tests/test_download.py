@@ -78,6 +78,7 @@ def test_offline_error_lists_every_place(tmp_path, monkeypatch):
   assert str(tmp_path / "env" / "ml-1m" / "ratings.dat") in msg
   assert str(tmp_path / "cache" / "ml-1m" / "ratings.dat") in msg
   assert "--data_dir" in msg and "RECAE_DATA_DIR" in msg
+  assert "--dataset=ml-latest-small" in msg
 
 
 def test_failed_download_lists_every_place(tmp_path, monkeypatch):
@@ -85,11 +86,15 @@ def test_failed_download_lists_every_place(tmp_path, monkeypatch):
     raise urllib.error.URLError("no route to host")
   monkeypatch.setattr(download, "_fetch", offline)
   with pytest.raises(UserError) as e:
-    resolve_dataset_dir("ml-latest-small")
+    resolve_dataset_dir("ml-100k")
   msg = str(e.value)
-  assert "no route to host" in msg and "ml-latest-small.zip" in msg
-  assert str(tmp_path / "cache" / "ml-latest-small" / "ratings.csv") in msg
+  assert "\n" not in msg
+  assert "no route to host" in msg and "ml-100k.zip" in msg
+  assert str(tmp_path / "cache" / "ml-100k" / "u.data") in msg
   assert "RECAE_DATA_DIR is not set" in msg
+  # ...and says what works offline right now, with the command.
+  assert "bundled ml-latest-small works now" in msg
+  assert msg.endswith(download.QUICK_COMMAND)
   assert not list((tmp_path / "cache").glob("*.part"))
 
 

@@ -306,8 +306,8 @@ def test_ml100k_folds_match_files(ml100k, data_dir):
                                 np.sort(all_keys))
 
 
-def test_ml_latest_small_real(data_dir):
-  ds = load_dataset("ml-latest-small", data_dir)
+def test_ml_latest_small_real(small_data_dir):
+  ds = load_dataset("ml-latest-small", small_data_dir)
   assert (ds.n_users, ds.n_items, len(ds.ratings)) == (610, 9742, 100_836)
   assert ds.rating_scale == (0.5, 5.0)
   assert ds.users_info is None

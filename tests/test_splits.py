@@ -147,8 +147,8 @@ def test_fold_split_real(data_dir):
   assert (n_u[f.train.users] >= 50).all() and (n_u[f.test.users] >= 50).all()
 
 
-def test_time_split_ml_latest_small(data_dir):
-  ds = movielens.load_dataset("ml-latest-small", data_dir)
+def test_time_split_ml_latest_small(small_data_dir):
+  ds = movielens.load_dataset("ml-latest-small", small_data_dir)
   s = make_split(ds, "time", time_quantile=0.98)
   cut = np.quantile(ds.ratings.timestamps, 0.98)
   assert (s.train.timestamps <= cut).all()
