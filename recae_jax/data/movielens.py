@@ -1,8 +1,14 @@
-"""Parses MovieLens (and plain `user,item,rating[,timestamp]`) ratings files.
+"""Parses MovieLens ratings files (and, via `generic`, any ratings file).
 
-`load_dataset(name, data_dir)` takes a known name (`DATASETS`) or a path to a
-generic ratings file whose delimiter (comma, tab, `::`, whitespace) and
-optional header line are sniffed. Ids are remapped to 0..n-1 in sorted order
+`load_dataset(name, data_dir, columns="")` takes a known name (`DATASETS`),
+`synthetic:<shape>`, or a path to a ratings file: CSV, TSV, `::` or
+whitespace separated text (delimiter and header line sniffed), or Parquet.
+Such files are read by `recae_jax.data.generic.load_file`: columns found by
+header name or given by `columns="user=COL,item=COL,rating=COL[,timestamp=COL]"`
+(the `--columns` flag), string ids allowed, ISO-8601 dates allowed. For the
+named MovieLens datasets the columns are known, so a non-empty `columns` is
+an error rather than silently ignored.
+Ids are remapped to 0..n-1 in sorted order
 of the original ids (`Dataset.user_ids` / `item_ids` keep the originals). For
 the movie datasets the item index space is every movie in the movies file
 (u.item / movies.dat / movies.csv), rated or not; users come from the ratings.
@@ -550,15 +556,25 @@ def _build(name: str, path: pathlib.Path, df: pd.DataFrame, first: int,
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
-                 download: bool = True, duplicates: str = "error") -> Dataset:
-  """Loads a MovieLens dataset by name, or a generic ratings file by path."""
+                 download: bool = True, duplicates: str = "error",
+                 columns: str = "") -> Dataset:
+  """Loads a MovieLens dataset by name, or a generic ratings file by path.
+
+  `columns` ("user=COL,item=COL,rating=COL[,timestamp=COL]", the --columns
+  flag) names the columns of a generic file; it is an error for the named
+  and synthetic datasets, whose columns are fixed.
+  """
   if duplicates not in ("error", "last"):
     raise UserError(f"duplicates={duplicates!r}: expected 'error' or 'last'")
   name = str(name)
+  columns = (columns or "").strip()
+  if columns and (name in DATASETS or name.startswith("synthetic:")):
+    raise UserError(f"--columns={columns} is for ratings files; {name} has "
+                    f"fixed columns (drop --columns)")
   if name.startswith("synthetic:"):
     return _load_synthetic(name)
   if name not in DATASETS:
-    return _load_generic(name, duplicates)
+    return _load_generic(name, duplicates, columns)
   folder = _download.resolve_dataset_dir(name, data_dir, download=download)
   path, fmt = _ratings_path(name, folder)
   _require_file(path, f"{name} ratings")
@@ -621,26 +637,20 @@ def _load_synthetic(name: str) -> Dataset:
   return synthetic.generate(shape, seed=0)
 
 
-def _load_generic(name: str, duplicates: str) -> Dataset:
+def _load_generic(name: str, duplicates: str, columns: str = "") -> Dataset:
+  from recae_jax.data import generic
   path = pathlib.Path(name).expanduser()
   if not path.exists():
     looks_like_path = (os.sep in name or "/" in name or path.suffix != "")
     if looks_like_path:
       raise UserError(f"missing file {path} (ratings file)")
     raise UserError(f"unknown dataset {name!r}: expected one of "
-                    f"{', '.join(DATASETS)} or a path to a "
-                    f"user,item,rating[,timestamp] file")
+                    f"{', '.join(DATASETS)} or a path to a ratings file "
+                    f"(CSV, TSV or Parquet with user, item, rating columns)")
   if path.is_dir():
     raise UserError(f"{path} is a directory: pass a ratings file, or a "
                     f"dataset name ({', '.join(DATASETS)}) with --data_dir")
-  df, first = read_ratings_file(path, what="ratings file")
-  ratings, user_ids, item_ids = _build(path.name, path, df, first, None, "",
-                                       duplicates)
-  r = ratings.ratings
-  return Dataset(
-      name=path.name, ratings=ratings, user_ids=user_ids, item_ids=item_ids,
-      rating_scale=(float(r.min()), float(r.max())),
-      files={str(path): file_sha256(path)}, directory=str(path.parent))
+  return generic.load_file(path, columns=columns, duplicates=duplicates)
 
 
 def load_fold(dataset: Dataset, fold: str) -> tuple[Ratings, Ratings]:

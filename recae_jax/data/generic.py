@@ -1,0 +1,608 @@
+"""Any ratings file (CSV, TSV, Parquet) or DataFrame -> a `Dataset`.
+
+`load_file(path, columns="")` reads a ratings file whose columns are found
+by their header names (case, `_`, `-` and spaces ignored):
+
+  user       user, userId, user_id, reviewerID, customer_id
+  item       item, itemId, movieId, item_id, asin, productId
+  rating     rating, overall, score, stars
+  timestamp  timestamp, time, unixReviewTime, date, ts   (optional)
+
+or named with `columns="user=COL,item=COL,rating=COL[,timestamp=COL]"` (the
+`--columns` flag; any role left out is still found by name; COL may also be
+a 1-based column number, the only way to name columns of a file without a
+header). Other columns are ignored. A file without a header is
+`user,item,rating[,timestamp]` as before, and a 3- or 4-column header none of
+whose names is known is read in that order too.
+
+Ids: a column whose every id is an integer (at most 18 digits, no leading
+zeros) gives int64 `user_ids`/`item_ids` in numeric order, as before; any other
+column keeps its ids as strings (object array, sorted), so `Dataset.user_ids[i]`
+is always the original id of index i. Ratings must be numbers; the rating
+scale is (min, max) of the ratings. Timestamps are Unix seconds (integers, or
+numbers floored) or ISO-8601 dates/times (`2014-05-23`,
+`2014-05-23T10:00:00+02:00`; naive ones are UTC) and become int64 Unix seconds.
+
+Plain numeric `user,item,rating[,timestamp]` files (with or without header)
+still take the one-pass typed C-engine read of `movielens`; everything else
+is read as strings by one pandas C-engine read (CSV/TSV with quoting) or by
+vectorized line splitting (`::`, whitespace, unquoted files) and converted a
+column at a time. Parquet needs pyarrow (`pip install 'recae_jax[parquet]'`).
+
+`from_frame(df, user=..., item=..., rating=..., timestamp=None)` does the same
+conversion for a DataFrame already in memory.
+
+Every bad input is a one-line `UserError` naming the file and the line (or
+the frame and the row, or the column) and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import os
+import pathlib
+import re
+import warnings
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+
+from recae_jax.data.types import Dataset, Ratings
+from recae_jax.errors import UserError
+
+ROLES = ("user", "item", "rating", "timestamp")
+REQUIRED = ROLES[:3]
+ALIASES: dict[str, tuple[str, ...]] = {
+    "user": ("user", "userId", "user_id", "reviewerID", "customer_id"),
+    "item": ("item", "itemId", "movieId", "item_id", "asin", "productId"),
+    "rating": ("rating", "overall", "score", "stars"),
+    "timestamp": ("timestamp", "time", "unixReviewTime", "date", "ts"),
+}
+PARQUET_SUFFIXES = (".parquet", ".pq")
+COLUMNS_FORMAT = "user=COL,item=COL,rating=COL[,timestamp=COL]"
+# Integer ids that read back exactly as written: no leading zeros or '+'.
+_CANONICAL_INT = r"\s*-?(?:0|[1-9]\d{0,17})\s*"
+_NUMBER_INT = r"\s*[+-]?\d{1,18}\s*"  # movielens._INT_RE: timestamps
+
+
+def _norm(name) -> str:
+  return re.sub(r"[\s_\-]", "", str(name)).lower()
+
+
+_ALIAS_NORM = {role: {_norm(a) for a in names} for role, names in
+               ALIASES.items()}
+
+
+def _show(value) -> str:
+  text = repr(str(value))
+  return text if len(text) <= 40 else text[:37] + "...'"
+
+
+def _listing(names) -> str:
+  shown = ", ".join(_show(n) for n in list(names)[:12])
+  return shown + (f" (+{len(names) - 12} more)" if len(names) > 12 else "")
+
+
+# --------------------------------------------------------------- columns
+
+
+def parse_columns(spec: str) -> dict[str, str]:
+  """`"user=A,item=B,rating=C[,timestamp=D]"` -> {role: column}; "" -> {}."""
+  spec = (spec or "").strip()
+  if not spec:
+    return {}
+  out: dict[str, str] = {}
+  for part in spec.split(","):  # a handful of roles
+    role, eq, col = part.partition("=")
+    role, col = role.strip().lower(), col.strip()
+    if not eq or not col:
+      raise UserError(f"--columns={spec}: {part.strip()!r} is not ROLE=COLUMN;"
+                      f" expected {COLUMNS_FORMAT}")
+    if role not in ROLES:
+      raise UserError(f"--columns={spec}: unknown role {role!r}; roles are "
+                      f"{', '.join(ROLES)} ({COLUMNS_FORMAT})")
+    if role in out:
+      raise UserError(f"--columns={spec}: {role} is given twice; give each "
+                      f"role once ({COLUMNS_FORMAT})")
+    out[role] = col
+  return out
+
+
+def resolve_columns(names: list, spec: dict[str, str], where: str, *,
+                    has_header: bool = True) -> dict[str, int]:
+  """{role: column index} from header `names` and a parsed --columns spec.
+
+  `where` starts every error ("data.csv, line 1" or "frame"). Without a
+  header, `names` only gives the column count and the spec must use numbers.
+  """
+  n = len(names)
+  out: dict[str, int] = {}
+  for role, col in spec.items():  # at most four roles
+    hits = [i for i, x in enumerate(names) if has_header and str(x) == col]
+    if not hits and has_header:
+      hits = [i for i, x in enumerate(names) if str(x).lower() == col.lower()]
+    if len(hits) > 1:
+      raise UserError(f"{where}: column {col!r} (--columns {role}) appears "
+                      f"{len(hits)} times in the header (columns "
+                      f"{', '.join(str(i + 1) for i in hits)}); name it by "
+                      f"number, e.g. --columns={role}={hits[0] + 1}")
+    if not hits and col.isdigit() and 1 <= int(col) <= n:
+      hits = [int(col) - 1]
+    if not hits:
+      if not has_header:
+        raise UserError(f"{where}: the file has no header line, so --columns "
+                        f"must give column numbers 1..{n} "
+                        f"(e.g. --columns=user=1,item=2,rating=3), not {col!r}")
+      raise UserError(f"{where}: no column {col!r} for the {role} (--columns);"
+                      f" the columns are {_listing(names)}")
+    out[role] = hits[0]
+  if has_header:
+    known = {i for i, x in enumerate(names)
+             if any(_norm(x) in a for a in _ALIAS_NORM.values())}
+    for role in ROLES:  # by name, for roles the spec left out
+      if role in out:
+        continue
+      hits = [i for i, x in enumerate(names) if _norm(x) in _ALIAS_NORM[role]
+              and i not in out.values()]
+      if len(hits) > 1:
+        raise UserError(
+            f"{where}: columns {' and '.join(_show(names[i]) for i in hits)} "
+            f"could each be the {role}; choose one with "
+            f"--columns={role}=COL")
+      if hits:
+        out[role] = hits[0]
+    if not spec and not known and n in (3, 4):
+      out = {role: i for i, role in enumerate(ROLES[:n])}  # as before
+    if ("timestamp" not in out and n == 4 and
+        [out.get(r) for r in REQUIRED] == [0, 1, 2] and 3 not in known):
+      out["timestamp"] = 3  # user,item,rating,<anything>: as before
+  elif not spec:
+    if n not in (3, 4):
+      raise UserError(f"{where}: expected 3 or 4 fields (user, item, "
+                      f"rating[, timestamp]), found {n}; or add a header "
+                      f"line, or name the columns with --columns=user=1,"
+                      f"item=2,rating=3")
+    out = {role: i for i, role in enumerate(ROLES[:n])}
+  for role in REQUIRED:
+    if role not in out:
+      looked = ", ".join(ALIASES[role])
+      raise UserError(f"{where}: no {role} column (looked for {looked}); the "
+                      f"columns are {_listing(names)}; name it with "
+                      f"--columns={role}=COL")
+  used = {}
+  for role, i in out.items():
+    if i in used:
+      raise UserError(f"{where}: column {_show(names[i])} is both the "
+                      f"{used[i]} and the {role}; give each role its own "
+                      f"column in --columns")
+    used[i] = role
+  return out
+
+
+# ------------------------------------------------------------ locations
+
+
+@dataclasses.dataclass(frozen=True)
+class _Where:
+  """Names rows in messages: "f.csv, line 7" or "frame, row 'x'"."""
+  prefix: str
+  unit: str                                   # "line" or "row"
+  numbers: Callable[[np.ndarray], np.ndarray]  # row positions -> labels
+
+  def at(self, row: int, column: Optional[str] = None) -> str:
+    label = self.numbers(np.asarray([row]))[0]
+    col = f" (column {_show(column)})" if column is not None else ""
+    return f"{self.prefix}, {self.unit} {label}{col}"
+
+  def many(self, rows: np.ndarray) -> str:
+    labels = self.numbers(np.asarray(rows))
+    return f"{self.unit}s {', '.join(str(x) for x in labels)}"
+
+
+def _lines_from(first: int) -> Callable[[np.ndarray], np.ndarray]:
+  return lambda rows: np.asarray(rows, np.int64) + first
+
+
+# -------------------------------------------------------------- columns
+
+
+def _strings(values, where: _Where, what: str, column) -> pd.Series:
+  """Stripped str Series; missing or empty values are an error."""
+  s = pd.Series(values, copy=False)
+  s = s.reset_index(drop=True)
+  missing = s.isna().to_numpy(bool)
+  if s.dtype != object and not pd.api.types.is_string_dtype(s.dtype):
+    s = s.astype(object)
+  s = s.astype(str).str.strip()
+  empty = missing | (s.str.len().to_numpy() == 0)
+  bad = np.flatnonzero(empty)
+  if len(bad):
+    raise UserError(f"{where.at(bad[0], column)}: {what} is empty (a blank "
+                    f"line or a missing field?); every row needs a {what}")
+  return s
+
+
+def ids_column(values, where: _Where, what: str,
+               column=None) -> tuple[np.ndarray, np.ndarray]:
+  """(original ids sorted, int32 index of each row's id).
+
+  Integer columns (or strings that are all integers without leading zeros)
+  give int64 ids like the MovieLens loaders; anything else keeps the ids as
+  str in an object array.
+  """
+  from recae_jax.data.movielens import _remap
+  arr = values.to_numpy() if isinstance(values, (pd.Series, pd.Index)) else (
+      np.asarray(values))
+  if arr.dtype.kind in "iu":
+    return _remap(arr.astype(np.int64))
+  if arr.dtype.kind == "f":
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if len(bad):
+      raise UserError(f"{where.at(bad[0], column)}: {what} is missing (NaN);"
+                      f" every row needs a {what}")
+    if np.all(arr == np.round(arr)) and np.all(np.abs(arr) < 2.0**53):
+      return _remap(arr.astype(np.int64))
+  s = _strings(values, where, what, column)
+  if s.str.fullmatch(_CANONICAL_INT).all():
+    return _remap(s.astype(np.int64).to_numpy())
+  codes, uniques = pd.factorize(s, sort=True)
+  return np.asarray(uniques, dtype=object), codes.astype(np.int32)
+
+
+def ratings_column(values, where: _Where, column=None,
+                   scale: Optional[tuple[float, float]] = None) -> np.ndarray:
+  """float32 ratings; not a number / not finite / off `scale` -> error."""
+  arr = values.to_numpy() if isinstance(values, (pd.Series, pd.Index)) else (
+      np.asarray(values))
+  if arr.dtype.kind in "iuf":
+    raw, num = None, arr.astype(np.float64)
+  else:
+    raw = _strings(values, where, "rating", column)
+    num = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64)
+    bad = np.flatnonzero(np.isnan(num))
+    if len(bad):
+      raise UserError(
+          f"{where.at(bad[0], column)}: rating {_show(raw.iloc[bad[0]])} is "
+          f"not a number; ratings must be numeric (choose another column "
+          f"with --columns=rating=COL)")
+  out = num.astype(np.float32)
+  bad = np.flatnonzero(~np.isfinite(out))
+  if len(bad):
+    shown = _show(raw.iloc[bad[0]]) if raw is not None else f"{num[bad[0]]:g}"
+    raise UserError(f"{where.at(bad[0], column)}: rating {shown} is not "
+                    f"finite; every rating must be a finite number")
+  if scale is not None:
+    lo, hi = scale
+    bad = np.flatnonzero((out < lo) | (out > hi))
+    if len(bad):
+      raise UserError(f"{where.at(bad[0], column)}: rating {out[bad[0]]:g} "
+                      f"is outside the rating scale [{lo:g}, {hi:g}]")
+  return out
+
+
+_ISO_HINT = "Unix seconds or an ISO-8601 date (2014-05-23, 2014-05-23T10:00:00Z)"
+
+
+def _datetimes_to_seconds(dt: pd.Series) -> np.ndarray:
+  if dt.dt.tz is not None:
+    dt = dt.dt.tz_convert("UTC").dt.tz_localize(None)
+  return dt.dt.floor("s").dt.as_unit("s").astype(np.int64).to_numpy()
+
+
+def timestamps_column(values, where: _Where, column=None) -> np.ndarray:
+  """int64 Unix seconds from numbers, datetimes or ISO-8601 strings."""
+  s = values if isinstance(values, pd.Series) else pd.Series(values)
+  s = s.reset_index(drop=True)
+  if pd.api.types.is_datetime64_any_dtype(s.dtype):
+    bad = np.flatnonzero(s.isna().to_numpy())
+    if len(bad):
+      raise UserError(f"{where.at(bad[0], column)}: timestamp is missing "
+                      f"(NaT); every row needs one, or drop the timestamp")
+    return _datetimes_to_seconds(s)
+  if s.dtype.kind in "iu":
+    return s.to_numpy().astype(np.int64)
+  if s.dtype.kind == "f":
+    num, raw = s.to_numpy(np.float64), None
+  else:
+    raw = _strings(s, where, "timestamp", column)
+    if raw.str.fullmatch(_NUMBER_INT).all():
+      return raw.astype(np.int64).to_numpy()
+    num = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64)
+  ok = np.isfinite(num) & (np.abs(num) < 2.0**62)
+  if ok.all():
+    return np.floor(num).astype(np.int64)
+  if raw is None:
+    bad = np.flatnonzero(~ok)
+    raise UserError(f"{where.at(bad[0], column)}: timestamp {num[bad[0]]:g} "
+                    f"is not {_ISO_HINT}")
+  is_num = ~np.isnan(num)
+  if is_num.any():  # some numbers, some not: name the first odd one out
+    kind0 = is_num[0]
+    row = int(np.flatnonzero(is_num != kind0)[0]) if (
+        is_num != kind0).any() else int(np.flatnonzero(~ok)[0])
+    raise UserError(f"{where.at(row, column)}: timestamp "
+                    f"{_show(raw.iloc[row])} is not {_ISO_HINT}, or the column"
+                    f" mixes the two (use one kind per column)")
+  try:
+    dt = pd.to_datetime(raw, format="ISO8601", utc=True, errors="coerce")
+  except (ValueError, OverflowError, TypeError):  # pandas edge cases
+    dt = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]")
+  bad = np.flatnonzero(dt.isna().to_numpy())
+  if len(bad):
+    raise UserError(f"{where.at(bad[0], column)}: timestamp "
+                    f"{_show(raw.iloc[bad[0]])} is not {_ISO_HINT}")
+  return _datetimes_to_seconds(dt)
+
+
+def _dedupe(where: _Where, users, items, ts, n_items, user_ids, item_ids,
+            duplicates: str) -> Optional[np.ndarray]:
+  """As movielens._dedupe, with rows named by `where`."""
+  keys = users.astype(np.int64) * n_items + items
+  if len(keys) < 2 or np.all(keys[1:] > keys[:-1]):
+    return None
+  order = np.argsort(keys, kind="stable")
+  sorted_keys = keys[order]
+  dup = sorted_keys[1:] == sorted_keys[:-1]
+  if not dup.any():
+    return None
+  n_dup = int(dup.sum())
+  if duplicates == "error":
+    row = int(order[1:][dup].min())
+    rows = np.flatnonzero(keys == keys[row])[:5]
+    raise UserError(
+        f"{where.prefix}: user {user_ids[users[row]]} rated item "
+        f"{item_ids[items[row]]} more than once ({where.many(rows)}); {n_dup}"
+        f" repeated (user, item) ratings in all; pass duplicates='last' "
+        f"(--duplicates=last) to keep the latest of each")
+  order = np.lexsort((np.arange(len(keys)), ts, keys))
+  sorted_keys = keys[order]
+  last = np.append(sorted_keys[1:] != sorted_keys[:-1], True)
+  warnings.warn(f"{where.prefix}: dropped {n_dup} repeated (user, item) "
+                f"ratings, keeping the latest of each", stacklevel=4)
+  return np.sort(order[last])
+
+
+def assemble(name: str, cols: dict, where: _Where, *, duplicates: str,
+             names: Optional[dict] = None,
+             rating_scale: Optional[tuple[float, float]] = None,
+             files: Optional[dict] = None,
+             directory: Optional[str] = None) -> Dataset:
+  """Columns {role: values} (timestamp optional) -> a Dataset."""
+  if duplicates not in ("error", "last"):
+    raise UserError(f"duplicates={duplicates!r}: expected 'error' or 'last'")
+  names = names or {}
+  n = len(cols["user"])
+  if n == 0:
+    raise UserError(f"{where.prefix}: has no ratings")
+  user_ids, users = ids_column(cols["user"], where, "user id", names.get("user"))
+  item_ids, items = ids_column(cols["item"], where, "item id", names.get("item"))
+  ratings = ratings_column(cols["rating"], where, names.get("rating"),
+                           rating_scale)
+  if cols.get("timestamp") is not None:
+    ts = timestamps_column(cols["timestamp"], where, names.get("timestamp"))
+  else:
+    ts = np.zeros(n, np.int64)
+  keep = _dedupe(where, users, items, ts, len(item_ids), user_ids, item_ids,
+                 duplicates)
+  if keep is not None:
+    users, items, ratings, ts = users[keep], items[keep], ratings[keep], ts[keep]
+  r = Ratings(users, items, ratings, ts, len(user_ids), len(item_ids))
+  scale = rating_scale or (float(ratings.min()), float(ratings.max()))
+  return Dataset(name=name, ratings=r, user_ids=user_ids, item_ids=item_ids,
+                 rating_scale=(float(scale[0]), float(scale[1])),
+                 files=dict(files or {}), directory=directory)
+
+
+# ------------------------------------------------------------ DataFrames
+
+
+def from_frame(df: pd.DataFrame, user, item, rating, timestamp=None, *,
+               name: str = "frame", duplicates: str = "error",
+               rating_scale: Optional[tuple[float, float]] = None) -> Dataset:
+  """A Dataset from a DataFrame's user, item, rating [, timestamp] columns.
+
+  Ids may be integers or strings (kept in `user_ids` / `item_ids`), ratings
+  numbers (or numeric strings), timestamps Unix seconds, datetimes or
+  ISO-8601 strings. Other columns are ignored. `rating_scale` defaults to
+  (min, max) of the ratings; given, ratings outside it are an error.
+  """
+  if not isinstance(df, pd.DataFrame):
+    raise UserError(f"{name}: from_frame needs a pandas DataFrame, got "
+                    f"{type(df).__name__}")
+  given = {"user": user, "item": item, "rating": rating,
+           "timestamp": timestamp}
+  columns = list(df.columns)
+  cols, names = {}, {}
+  for role, col in given.items():  # four roles
+    if col is None:
+      if role != "timestamp":
+        raise UserError(f"{name}: from_frame needs {role}=<column name>")
+      continue
+    if col not in columns:
+      raise UserError(f"{name}: no column {_show(col)} for the {role}; the "
+                      f"columns are {_listing(columns)}")
+    if columns.count(col) > 1:
+      raise UserError(f"{name}: column {_show(col)} ({role}) appears "
+                      f"{columns.count(col)} times; rename the copies")
+    cols[role], names[role] = df[col], col
+  chosen = [c for c in names.values()]
+  if len(set(map(str, chosen))) < len(chosen):
+    raise UserError(f"{name}: one column is given for two roles "
+                    f"({', '.join(f'{r}={c}' for r, c in names.items())})")
+  index = df.index
+  where = _Where(name, "row", lambda rows: np.asarray(
+      [repr(x) for x in np.asarray(index)[rows]], dtype=object))
+  return assemble(name, cols, where, duplicates=duplicates, names=names,
+                  rating_scale=rating_scale)
+
+
+# ------------------------------------------------------------------ files
+
+
+def _sniff_sep(first: str) -> str:
+  return ("::" if "::" in first else "\t" if "\t" in first else
+          "," if "," in first else " ")
+
+
+def _header_fields(first: str, sep: str) -> list[str]:
+  if sep in (",", "\t"):
+    try:
+      return next(csv.reader([first], delimiter=sep))
+    except (csv.Error, StopIteration):
+      return first.split(sep)
+  return first.split() if sep == " " else first.split(sep)
+
+
+def _record_lines(path: pathlib.Path, skip: int) -> np.ndarray:
+  """Line number of each CSV record after `skip` header records: newlines
+  inside double quotes do not end a record. Only run to name an error."""
+  b = np.frombuffer(path.read_bytes(), np.uint8)
+  nl = np.flatnonzero(b == 10)
+  quotes = np.cumsum(b == 34)
+  ends = nl[quotes[nl] % 2 == 0]
+  starts = np.concatenate([[0], ends + 1])
+  return (np.searchsorted(nl, starts) + 1)[skip:]
+
+
+def _parser_error(path, e: Exception, sep_name: str, what: str) -> UserError:
+  msg = " ".join(str(e).split())
+  m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", msg)
+  if m:
+    want, line, got = m.groups()
+    return UserError(f"{path}, line {line}: expected {want} {sep_name}-"
+                     f"separated fields ({what}), found {got} fields; quote "
+                     f"fields that contain the separator")
+  msg = msg.replace("Error tokenizing data. C error: ", "")
+  return UserError(f"{path}: cannot read it as {sep_name}-separated text "
+                   f"({msg[:200]}); check its quoting")
+
+
+def _read_quoted(path: pathlib.Path, sep: str, header: int, n_fields: int,
+                 use: list[int], what: str) -> tuple[pd.DataFrame, _Where]:
+  """One C-engine read of the `use` columns as strings, CSV quoting on."""
+  from recae_jax.data import movielens
+  sep_name = movielens._SEP_NAMES.get(sep, repr(sep))
+  try:
+    df = pd.read_csv(
+        path, sep=sep, header=None, skiprows=header, usecols=use,
+        names=list(range(n_fields)), dtype=str, keep_default_na=False,
+        na_filter=False, skip_blank_lines=False, index_col=False,
+        engine="c", encoding="utf-8")
+  except UnicodeDecodeError:
+    movielens._decode(path, path.read_bytes(), "utf-8")  # names the line
+    raise UserError(f"{path}: not valid UTF-8 text; re-save it as UTF-8"
+                    ) from None
+  except pd.errors.EmptyDataError:
+    raise UserError(f"{path}: has a header line but no data") from None
+  except (pd.errors.ParserError, ValueError, csv.Error, OverflowError) as e:
+    raise _parser_error(path, e, sep_name, what) from None
+  # Trailing blank lines are not rows.
+  blank = np.ones(len(df), bool)
+  for c in use:  # three or four columns
+    blank &= df[c].str.strip().str.len().to_numpy() == 0
+  kept = len(df) - int(np.argmin(blank[::-1])) if not blank.all() else 0
+  df = df.iloc[:kept]
+  if len(df) == 0:
+    raise UserError(f"{path}: has a header line but no data")
+  lines: dict = {}
+
+  def numbers(rows):
+    if "x" not in lines:
+      lines["x"] = _record_lines(path, header)
+    return lines["x"][np.minimum(rows, len(lines["x"]) - 1)]
+
+  return df, _Where(str(path), "line", numbers)
+
+
+def _load_parquet(path: pathlib.Path, spec: dict, duplicates: str,
+                  files: dict) -> Dataset:
+  if importlib.util.find_spec("pyarrow") is None:
+    raise UserError(f"{path}: reading Parquet files needs pyarrow, which is "
+                    f"not installed; install recae_jax[parquet] "
+                    f"(pip install 'recae_jax[parquet]') or save it as CSV")
+  import pyarrow.parquet as pq
+  try:
+    names = list(pq.read_schema(path).names)
+  except Exception as e:  # pyarrow raises many types for a bad file
+    detail = " ".join(str(e).split())[:160]
+    raise UserError(f"{path}: not a readable Parquet file ({detail}); "
+                    f"re-export it, or save it as CSV") from None
+  roles = resolve_columns(names, spec, f"{path}, columns")
+  want = sorted(set(roles.values()))
+  try:
+    table = pq.read_table(path, columns=[names[i] for i in want])
+    df = table.to_pandas()
+  except Exception as e:
+    detail = " ".join(str(e).split())[:160]
+    raise UserError(f"{path}: cannot read its columns ({detail}); re-export"
+                    f" it, or save it as CSV") from None
+  df.columns = want
+  cols = {role: df[i] for role, i in roles.items()}
+  where = _Where(str(path), "row", _lines_from(1))
+  return assemble(path.name, cols, where, duplicates=duplicates,
+                  names={r: names[i] for r, i in roles.items()},
+                  files=files, directory=str(path.parent))
+
+
+def load_file(path: str | os.PathLike, *, columns: str = "",
+              duplicates: str = "error") -> Dataset:
+  """A Dataset from a CSV / TSV / `::` / whitespace / Parquet ratings file."""
+  from recae_jax.data import movielens
+  path = pathlib.Path(path)
+  spec = parse_columns(columns)
+  movielens._require_file(path, "ratings file")
+  if duplicates not in ("error", "last"):
+    raise UserError(f"duplicates={duplicates!r}: expected 'error' or 'last'")
+  with open(path, "rb") as f:
+    head = f.read(65536)
+  files = {str(path): movielens.file_sha256(path)}
+  if head.startswith(b"PAR1") or path.suffix.lower() in PARQUET_SUFFIXES:
+    return _load_parquet(path, spec, duplicates, files)
+  movielens._check_head(path, head)
+  text = head.decode("utf-8", errors="replace").lstrip("\ufeff")
+  lines = [line.rstrip("\r") for line in text.split("\n")[:3]]
+  nonblank = [line for line in lines if line.strip()]
+  if not nonblank:  # as movielens.sniff_format
+    raise UserError(f"{path}: file is empty (only blank lines)")
+  first = nonblank[0]
+  sep = _sniff_sep(first)
+  fields = _header_fields(first, sep)
+  unquoted = pd.Series([f.strip().strip('"').strip() for f in fields],
+                       dtype=object)
+  header = int(bool(lines[0].strip()) and
+               pd.to_numeric(unquoted, errors="coerce").isna().all())
+  names = fields if header else list(range(len(fields)))
+  roles = resolve_columns(names, spec, f"{path}, line 1",
+                          has_header=bool(header))
+  n_fields = len(fields)
+  what = (", ".join(str(x) for x in fields[:8]) +
+          (", ..." if n_fields > 8 else "")) if header else (
+              "user, item, rating[, timestamp]" if not spec else
+              f"{n_fields} columns")
+  colnames = {r: (fields[i] if header else f"{i + 1}") for r, i in
+              roles.items()}
+  plain = (n_fields in (3, 4) and
+           roles == {r: i for i, r in enumerate(ROLES[:n_fields])})
+  df = None
+  if plain:
+    fmt = movielens.RatingsFormat(sep, n_fields, header)
+    df = movielens._parse_fast(path, fmt)
+    if df is not None:
+      cols = {r: df[r] for r in ROLES[:n_fields]}
+      where = _Where(str(path), "line", _lines_from(header + 1))
+      colnames = {}  # the fast path's messages never needed column names
+  if df is None:
+    if sep in (",", "\t") and (b'"' in head or (header and not plain)):
+      frame, where = _read_quoted(path, sep, header, n_fields,
+                                  sorted(set(roles.values())), what)
+      cols = {r: frame[i] for r, i in roles.items()}
+    else:
+      body, start = movielens._text_lines(path, "utf-8", skip=header)
+      split = movielens._split_fields(path, body, start, sep, n_fields, what)
+      cols = {r: split[i] for r, i in roles.items()}
+      where = _Where(str(path), "line", _lines_from(start))
+  return assemble(path.name, cols, where, duplicates=duplicates,
+                  names=colnames, files=files, directory=str(path.parent))
