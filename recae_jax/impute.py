@@ -1,6 +1,13 @@
-"""Weighted-deviation user-KNN prediction (S0's imputation, KNNWithMeans).
+"""Neighbourhood rating prediction: KNNWithMeans (S0's imputation), KNNBaseline.
 
   r̂(a, p) = mean_a + Σ_b w(a,b) (r_bp − mean_b) / D,   b ∈ N_k(a, p)
+  r̂(a, p) = b_ap   + Σ_b w(a,b) (r_bp − b_bp)   / D    (`baseline=als|sgd`)
+
+The second is Koren's (TKDD 2010, eq. 3) / Surprise's KNNBaseline, with
+b_ui = μ + b_u + b_i from `recae_jax.baselines`. `orientation="item"` runs
+the same formulas on the transposed ratings: a is the item, its neighbours
+b are the items the user rated (Surprise's user_based=False); everything
+below says "users" for the rows of whichever orientation is chosen.
 
 N_k(a, p) is the k users most similar to a among those who rated p (Surprise
 KNNWithMeans: ranked by raw similarity, ties to the lower user index; a is
@@ -11,8 +18,15 @@ near-zero sums make wild values, so predictions are clipped to the rating
 scale, as S0's 0.5-step round-off did silently).
 
 Fallbacks (counted): fewer than `min_k` neighbours with w != 0, or D == 0 →
-the user's mean (so do items nobody rated); users with no ratings → the global
-mean. Output never contains NaN.
+the user's mean, or b_ap with a baseline (so do items nobody rated); users
+with no ratings → the global mean (b_ap with a baseline). Output never
+contains NaN.
+
+`predict_pairs_topk` is the large-catalogue variant (ML-20M shape, item
+orientation): each row keeps only its `list_size` most similar rows
+(similarity.topk_neighbors, never a dense [R, R] beyond one block), and
+N_k(a, p) is the first k of those that rated p; with list_size >= R - 1 it
+is exactly predict_pairs.
 
 How it stays fast without Python loops over users or items: "all raters" is
 three masked matmuls (`W @ (m·dev)`, `|W| @ m`, `[W≠0] @ m`). The top-k among
@@ -39,12 +53,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import time
+
+from recae_jax import baselines as bl_lib
 from recae_jax import similarity as sim_lib
 from recae_jax import workdir as wd
 from recae_jax.data.types import Ratings
 from recae_jax.errors import UserError
 
 DENOMINATORS = ("abs", "signed")
+ORIENTATIONS = ("user", "item")
 
 # Elements of a user block's [B, U] / [B, I] arrays.
 _ELEMENT_BUDGET = 1 << 24
@@ -67,6 +85,8 @@ class KNNConfig:
   round_to: Optional[float] = None  # e.g. 0.5 (S0); then clipped to the scale
   clip: bool = True                 # clip predictions to rating_scale
   rating_scale: Optional[tuple[float, float]] = None  # None: train min/max
+  baseline: Optional[bl_lib.BaselineConfig] = None  # "als"/"sgd": KNNBaseline
+  orientation: str = "user"         # "item": neighbours among items
 
   def __post_init__(self):
     k = self.neighbors
@@ -89,6 +109,10 @@ class KNNConfig:
         raise UserError(f"rating_scale must be (low, high), got "
                         f"{self.rating_scale!r}")
       object.__setattr__(self, "rating_scale", (lo, hi))
+    object.__setattr__(self, "baseline", bl_lib.make_config(self.baseline))
+    if self.orientation not in ORIENTATIONS:
+      raise UserError(f"unknown orientation {self.orientation!r}; choose one "
+                      f"of {', '.join(ORIENTATIONS)}")
     self.similarity  # validates metric / centering / support / shrinkage
 
   @property
@@ -122,12 +146,13 @@ def _width(n: np.ndarray) -> np.ndarray:
                            2 ** (e + 1)))
 
 
-def _rater_buckets(rows: sim_lib._Rows, min_raters: int) -> list[_Bucket]:
+def _rater_buckets(rows: sim_lib._Rows, row_off: np.ndarray,
+                   col_off: np.ndarray, min_raters: int) -> list[_Bucket]:
   """Items with more than `min_raters` raters, grouped by padded width."""
   u = rows.n_rows
   users = np.repeat(np.arange(u, dtype=np.int32), rows.counts)
   items = rows.indices
-  dev = rows.values - rows.means[users]
+  dev = rows.values - row_off[users] - col_off[items]
   order = np.lexsort((users, items))  # by item, then user
   users, items, dev = users[order], items[order], dev[order]
   counts = np.bincount(items, minlength=rows.n_cols)
@@ -287,16 +312,18 @@ def _pair_sums(rank_BxU1, sim_BxU1, lu, slot, idx, dev, rule: _Rule, k):
                     dev[slot], rule, k, rank_BxU1.shape[1] - 1, axis=-1)
 
 
-def _finish(num, den, cnt, mean_a, has_ratings, global_mean, cfg: KNNConfig,
-            scale):
-  """Predictions and a fallback mask, numpy float32 (host side)."""
+def _finish(num, den, cnt, base, cfg: KNNConfig, scale):
+  """Predictions and a fallback mask, numpy float32 (host side).
+
+  base: the user's mean or b_ap, already the fallback for empty users (an
+  empty user has similarity 0 to everyone, so cnt = 0 there).
+  """
   num, den, cnt = (np.asarray(a, np.float64) for a in (num, den, cnt))
   ok = (cnt >= max(cfg.min_k, 1)) & (den != 0)
   with np.errstate(divide="ignore", invalid="ignore"):
-    pred = mean_a + np.where(ok, num / np.where(ok, den, 1.0), 0.0)
-  pred = np.where(has_ratings, pred, global_mean)
-  fallback = ~ok | ~has_ratings
-  pred = np.where(np.isfinite(pred), pred, mean_a)  # overflow guard
+    pred = base + np.where(ok, num / np.where(ok, den, 1.0), 0.0)
+  fallback = ~ok
+  pred = np.where(np.isfinite(pred), pred, base)  # overflow guard
   if cfg.round_to:
     pred = np.round(pred / cfg.round_to) * cfg.round_to
   if cfg.clip or cfg.round_to:
@@ -307,12 +334,13 @@ def _finish(num, den, cnt, mean_a, has_ratings, global_mean, cfg: KNNConfig,
 class _Prepared:
   """Host/device state shared by fill_matrix and predict_pairs."""
 
-  def __init__(self, train: Ratings, cfg: KNNConfig, for_pairs: bool):
+  def __init__(self, train: Ratings, cfg: KNNConfig, for_pairs: bool,
+               features: bool = True):
     if not isinstance(train, Ratings):
       raise UserError(f"train must be Ratings, got {type(train).__name__}")
     self.cfg = cfg
-    self.feats = sim_lib.DenseFeatures(train, cfg.similarity)
-    rows = self.feats.rows
+    self.item_rows = cfg.orientation == "item"
+    rows = sim_lib.as_rows(train.transpose() if self.item_rows else train)
     self.rows = rows
     self.u, self.i = rows.n_rows, rows.n_cols
     counts = rows.counts
@@ -321,6 +349,25 @@ class _Prepared:
                         else 0.0)
     self.means = np.where(self.has_ratings, rows.means,
                           self.global_mean).astype(np.float32)
+    # Baselines are always fitted user x item (reg_u on users), then turned
+    # to the rows' orientation; pearson_baseline needs them even without a
+    # baseline predictor (Surprise fits ALS defaults there too).
+    bl = None
+    if cfg.baseline is not None or (cfg.metric == "pearson_baseline"
+                                    and len(train)):
+      bl = bl_lib.fit(train, cfg.baseline or bl_lib.BaselineConfig())
+      bl = bl.transpose() if self.item_rows else bl
+    self.baseline = bl
+    if cfg.baseline is not None:  # offset(a, p) = μ + b_a + b_p
+      self.row_off = (np.float32(bl.mu) + bl.b_u).astype(np.float32)
+      self.col_off = bl.b_i
+    else:                         # offset(a, p) = mean_a
+      self.row_off = self.means
+      self.col_off = np.zeros(self.i, np.float32)
+    if features:
+      self.feats = sim_lib.DenseFeatures(
+          rows, cfg.similarity,
+          bl if cfg.metric == "pearson_baseline" else None)
     if cfg.rating_scale is not None:
       self.scale = cfg.rating_scale
     elif len(rows.values):
@@ -332,8 +379,10 @@ class _Prepared:
     if k is not None and k >= self.u - 1:
       k = None
     self.k = k
-    min_raters = 0 if for_pairs else (k if k is not None else self.u)
-    self.buckets = _rater_buckets(rows, min_raters)
+    if features:
+      min_raters = 0 if for_pairs else (k if k is not None else self.u)
+      self.buckets = _rater_buckets(rows, self.row_off, self.col_off,
+                                    min_raters)
 
   def block_size(self, requested: Optional[int]) -> int:
     if requested:
@@ -347,21 +396,46 @@ class _Prepared:
     return sim, _neighbour_ranks(np.asarray(sim), start)
 
 
+class _Progress:
+  """Calls `progress(line)` at most every `every` seconds, and once at the end."""
+
+  def __init__(self, progress, total: int, what: str, every: float = 10.0):
+    self.progress, self.total, self.what, self.every = progress, total, what, every
+    self.t0 = self.last = time.perf_counter()
+
+  def __call__(self, done: int):
+    if self.progress is None:
+      return
+    now = time.perf_counter()
+    if done < self.total and now - self.last < self.every:
+      return
+    self.last = now
+    el = now - self.t0
+    left = el / max(done, 1) * (self.total - done)
+    self.progress(f"{self.what}: {done}/{self.total} rows "
+                  f"({100 * done / max(self.total, 1):.0f}%), {el:.1f} s"
+                  + (f", ~{left:.0f} s left" if done < self.total else ""))
+
+
 def fill_blocks(train: Ratings, config: Optional[KNNConfig] = None, *,
                 block_size: Optional[int] = None, keep_observed: bool = True,
+                progress=None,
                 **kwargs) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-  """Yields (start, pred [B, I] float32, fallback [B, I] bool) per user block.
+  """Yields (start, pred [B, I] float32, fallback [B, I] bool) per row block.
 
   Rows start..start+B of the filled matrix, in order; only one block of
-  output is held at a time (see fill_matrix / save_filled). kwargs are
-  KNNConfig fields; keep_observed as in fill_matrix.
+  output is held at a time (see fill_matrix / save_filled). With
+  orientation="item" the rows are items (pred is [B, U]: the transposed
+  matrix). kwargs are KNNConfig fields; keep_observed as in fill_matrix;
+  progress(line) is called every ~10 s with rows done and time left.
   """
   cfg = make_config(config, **kwargs)
   prep = _Prepared(train, cfg, for_pairs=False)
   rule = _Rule.of(cfg)
   u, i = prep.u, prep.i
   r, m = prep.rows.dense()
-  dev = np.where(m > 0, r - prep.rows.means[:, None], 0.0).astype(np.float32)
+  dev = np.where(m > 0, r - prep.row_off[:, None] - prep.col_off[None, :],
+                 0.0).astype(np.float32)
   mdev, m_d = jnp.asarray(dev), jnp.asarray(m)
   bs = prep.block_size(block_size)
   buckets = []  # (items, idx, dev, chunk): rows padded to a chunk multiple
@@ -373,6 +447,7 @@ def fill_blocks(train: Ratings, config: Optional[KNNConfig] = None, *,
     buckets.append((b.items[:p], jnp.asarray(b.idx), jnp.asarray(b.dev),
                     chunk))
   zero_row = jnp.zeros((1, bs), jnp.float32)
+  tick = _Progress(progress, u, "fill")
   for start in range(0, u, bs):  # user blocks
     stop = min(start + bs, u)
     sim, rank = prep.ranks(start, bs)
@@ -386,40 +461,51 @@ def fill_blocks(train: Ratings, config: Optional[KNNConfig] = None, *,
         for full, part in zip((num, den, cnt), sums):
           full[:, items] = np.asarray(part)[: len(items)].T
     sl = slice(0, stop - start)
-    pred, fall = _finish(num[sl], den[sl], cnt[sl],
-                         prep.means[start:stop, None],
-                         prep.has_ratings[start:stop, None], prep.global_mean,
-                         cfg, prep.scale)
+    base = prep.row_off[start:stop, None] + prep.col_off[None, :]
+    pred, fall = _finish(num[sl], den[sl], cnt[sl], base, cfg, prep.scale)
     if keep_observed:
       obs = m[start:stop] > 0
       pred[obs] = r[start:stop][obs]
       fall[obs] = False
+    tick(stop)
     yield start, pred, fall
+
+
+def _place(out: np.ndarray, start: int, block: np.ndarray, item_rows: bool):
+  """Writes a fill_blocks block into the [U, I] output (item rows: columns)."""
+  if item_rows:
+    out[:, start:start + len(block)] = block.T
+  else:
+    out[start:start + len(block)] = block
 
 
 def fill_matrix(train: Ratings, config: Optional[KNNConfig] = None, *,
                 block_size: Optional[int] = None, keep_observed: bool = True,
-                return_fallback: bool = False, **kwargs):
+                return_fallback: bool = False, progress=None, **kwargs):
   """Dense float32 [U, I]: observed ratings kept, every other cell predicted.
 
   kwargs are KNNConfig fields. With keep_observed=False observed cells are
   predicted too (leave-self-out: a is never its own neighbour). With
   return_fallback=True also returns the bool [U, I] fallback mask. For a
-  matrix too big to hold, use fill_blocks or save_filled.
+  matrix too big to hold, use fill_blocks or save_filled. progress: as in
+  fill_blocks.
   """
+  cfg = make_config(config, **kwargs)
   shape = (train.n_users, train.n_items)
   out = np.empty(shape, np.float32)
   fb = np.empty(shape, bool)
-  for start, pred, fall in fill_blocks(train, config, block_size=block_size,
-                                       keep_observed=keep_observed, **kwargs):
-    out[start:start + len(pred)], fb[start:start + len(pred)] = pred, fall
+  for start, pred, fall in fill_blocks(train, cfg, block_size=block_size,
+                                       keep_observed=keep_observed,
+                                       progress=progress):
+    _place(out, start, pred, cfg.orientation == "item")
+    _place(fb, start, fall, cfg.orientation == "item")
   return (out, fb) if return_fallback else out
 
 
 def save_filled(path: str | os.PathLike, train: Ratings,
                 config: Optional[KNNConfig] = None, *,
                 block_size: Optional[int] = None, keep_observed: bool = True,
-                **kwargs) -> tuple[int, int]:
+                progress=None, **kwargs) -> tuple[int, int]:
   """Writes the filled [U, I] float32 matrix to `path` (.npy) block by block.
 
   The output is never held whole, only one user block of it (the inputs,
@@ -427,13 +513,15 @@ def save_filled(path: str | os.PathLike, train: Ratings,
   atomically: written beside `path` and renamed when complete, so a failure
   (or a full disk) never leaves a truncated file or clobbers an old one.
   """
+  cfg = make_config(config, **kwargs)
   shape = (train.n_users, train.n_items)
   try:
     with wd.atomic_path(path, ".npy") as tmp:
       out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-      for start, pred, _ in fill_blocks(train, config, block_size=block_size,
-                                        keep_observed=keep_observed, **kwargs):
-        out[start:start + len(pred)] = pred
+      for start, pred, _ in fill_blocks(train, cfg, block_size=block_size,
+                                        keep_observed=keep_observed,
+                                        progress=progress):
+        _place(out, start, pred, cfg.orientation == "item")
       out.flush()
       del out
   except OSError as e:
@@ -455,13 +543,10 @@ def predict_pairs(train: Ratings, users: Sequence[int], items: Sequence[int],
   cfg = make_config(config, **kwargs)
   users = np.asarray(users, np.int64)
   items = np.asarray(items, np.int64)
-  if users.shape != items.shape or users.ndim != 1:
-    raise UserError("users and items must be 1-D arrays of equal length")
+  _check_pairs(train, users, items)
   prep = _Prepared(train, cfg, for_pairs=True)
-  if len(users) and (users.min() < 0 or users.max() >= prep.u
-                     or items.min() < 0 or items.max() >= prep.i):
-    raise UserError(f"pair ids out of range: users must be in [0, {prep.u}) "
-                    f"and items in [0, {prep.i})")
+  if prep.item_rows:  # rows are items: the pair's "user" is its item
+    users, items = items, users
   n = len(users)
   num = np.zeros(n, np.float64)
   den = np.zeros(n, np.float64)
@@ -498,7 +583,16 @@ def predict_pairs(train: Ratings, users: Sequence[int], items: Sequence[int],
       out = _pair_sums(rank, sim_ext, jnp.asarray(lu), jnp.asarray(sl), idx,
                        dev, _Rule.of(cfg), prep.k)
       num[p], den[p], cnt[p] = (np.asarray(a)[:len(p)] for a in out)
-  pred, fall = _finish(num, den, cnt, prep.means[users],
-                       prep.has_ratings[users], prep.global_mean, cfg,
-                       prep.scale)
+  pred, fall = _finish(num, den, cnt, prep.row_off[users] + prep.col_off[items],
+                       cfg, prep.scale)
   return pred, int(fall.sum())
+
+
+def _check_pairs(train: Ratings, users: np.ndarray, items: np.ndarray):
+  if users.shape != items.shape or users.ndim != 1:
+    raise UserError("users and items must be 1-D arrays of equal length")
+  u, i = train.n_users, train.n_items
+  if len(users) and (users.min() < 0 or users.max() >= u
+                     or items.min() < 0 or items.max() >= i):
+    raise UserError(f"pair ids out of range: users must be in [0, {u}) "
+                    f"and items in [0, {i})")

@@ -14,7 +14,13 @@ block against all rows is a handful of `[B, I] @ [I, C]` matmuls:
 `centering="overall"` centres each row on the mean of all its ratings and sums
 over co-rated items (S0's formula): sim = P / sqrt(Q_a Q_b).
 `metric="cosine"` is the same over-co-rated-items form on raw values
-(Surprise's `cosine`). x is pre-centred on the row's overall mean for the
+(Surprise's `cosine`). `metric="pearson_baseline"` is the same form on
+baseline residuals x = r − b_ui, b_ui = μ + b_row + b_col (Koren 2010 eq. 9;
+Surprise's `pearson_baseline`): pass the fitted `baseline=` in the data's
+orientation (`baselines.fit(r).transpose()` for item rows); without one, ALS
+baselines with Surprise's defaults are fitted on the rows as given.
+Surprise shrinks it by (n − 1) / (n − 1 + λ); here every metric uses Koren's
+n / (n + λ). x is pre-centred on the row's overall mean for the
 corated form too: Pearson is shift invariant and it keeps float32 sums small.
 
 Zero variance, n < min_support, or n < 2 (pearson) give similarity 0, never
@@ -38,10 +44,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recae_jax import baselines as bl_lib
 from recae_jax.data.types import Ratings
 from recae_jax.errors import UserError
 
-METRICS = ("pearson", "cosine")
+METRICS = ("pearson", "cosine", "pearson_baseline")
 CENTERINGS = ("corated", "overall")
 
 # Below this fraction of the raw sum of squares a variance is float32
@@ -101,6 +108,7 @@ class _Rows:
   means: np.ndarray    # float32 [U]
   n_rows: int
   n_cols: int
+  residual: bool = False  # values are already r - b_ui (pearson_baseline)
 
   @property
   def counts(self) -> np.ndarray:
@@ -171,10 +179,36 @@ def as_rows(data: Data) -> _Rows:
   raise UserError(f"expected Ratings or (values, mask), got {type(data).__name__}")
 
 
+def residual_rows(data: Data, cfg: SimilarityConfig,
+                  baseline: Optional[bl_lib.Baselines] = None) -> _Rows:
+  """The rows to compare: as given, or for pearson_baseline their baseline
+  residuals r − b_ui (means 0), so every path below stays one formula."""
+  rows = as_rows(data)
+  if cfg.metric != "pearson_baseline" or rows.residual:
+    return rows
+  if baseline is None:
+    if len(rows.values) == 0:
+      return rows  # nothing to fit: every similarity is 0 anyway
+    r = np.repeat(np.arange(rows.n_rows, dtype=np.int32), rows.counts)
+    baseline = bl_lib.fit(Ratings(r, rows.indices, rows.values,
+                                  np.zeros(len(r), np.int64), rows.n_rows,
+                                  rows.n_cols))
+  if (len(baseline.b_u), len(baseline.b_i)) != (rows.n_rows, rows.n_cols):
+    raise UserError(f"baseline has {len(baseline.b_u)} x {len(baseline.b_i)} "
+                    f"biases for {rows.n_rows} x {rows.n_cols} rows x columns "
+                    f"(item rows need baseline.transpose())")
+  row_ids = np.repeat(np.arange(rows.n_rows), rows.counts)
+  res = rows.values - baseline.predict(row_ids, rows.indices)
+  return _Rows(rows.indptr, rows.indices, res.astype(np.float32),
+               np.zeros(rows.n_rows, np.float32), rows.n_rows, rows.n_cols,
+               residual=True)
+
+
 def _features(r_UxI: np.ndarray, m_UxI: np.ndarray, means_U: np.ndarray,
               cfg: SimilarityConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(x, x^2, m) with x centred on each row's overall mean (cosine: raw)."""
-  if cfg.metric == "cosine":
+  """(x, x^2, m) with x centred on each row's overall mean (cosine: raw;
+  pearson_baseline: the rows already hold residuals, see `residual_rows`)."""
+  if cfg.metric in ("cosine", "pearson_baseline"):
     x = r_UxI * m_UxI
   else:
     x = (r_UxI - means_U[:, None]) * m_UxI
@@ -244,8 +278,9 @@ def _merge_topk(v1, i1, v2, i2, k: int):
 class DenseFeatures:
   """All rows' (x, x^2, m) on device plus row means: the small-U fast path."""
 
-  def __init__(self, data: Data, cfg: SimilarityConfig):
-    self.rows = as_rows(data)
+  def __init__(self, data: Data, cfg: SimilarityConfig,
+               baseline: Optional[bl_lib.Baselines] = None):
+    self.rows = residual_rows(data, cfg, baseline)
     self.cfg = cfg
     r, m = self.rows.dense()
     self.feats = tuple(jnp.asarray(a) for a in
@@ -279,13 +314,15 @@ def _default_block(n_rows: int, n_cols: int, budget: int = 1 << 24) -> int:
 
 def similarity_matrix(data: Data, config: Optional[SimilarityConfig] = None, *,
                       block_size: Optional[int] = None,
+                      baseline: Optional[bl_lib.Baselines] = None,
                       **kwargs) -> np.ndarray:
   """Dense float32 [U, U] similarity; the diagonal is 0 (never a neighbour).
 
-  kwargs: metric, centering, min_support, shrinkage (see SimilarityConfig).
+  kwargs: metric, centering, min_support, shrinkage (see SimilarityConfig);
+  baseline: the fitted biases pearson_baseline subtracts.
   """
   cfg = make_config(config, **kwargs)
-  feats = DenseFeatures(data, cfg)
+  feats = DenseFeatures(data, cfg, baseline)
   u = feats.n_rows
   bs = block_size or _default_block(u, feats.rows.n_cols)
   out = np.empty((u, u), np.float32)
@@ -300,6 +337,7 @@ def topk_neighbors(data: Data, k: int,
                    block_size: Optional[int] = None,
                    rows: Optional[np.ndarray] = None,
                    chunk_size: Optional[int] = None,
+                   baseline: Optional[bl_lib.Baselines] = None,
                    **kwargs) -> tuple[np.ndarray, np.ndarray]:
   """Top-k most similar other rows for each row: (sim [R, k], idx [R, k]).
 
@@ -314,7 +352,7 @@ def topk_neighbors(data: Data, k: int,
   cfg = make_config(config, **kwargs)
   if int(k) != k or k < 0:
     raise UserError(f"k must be an integer >= 0, got {k!r}")
-  src = as_rows(data)
+  src = residual_rows(data, cfg, baseline)
   u, n_items = src.n_rows, src.n_cols
   query = np.arange(u) if rows is None else np.asarray(rows, np.int64)
   k = int(min(k, max(u - 1, 0)))
