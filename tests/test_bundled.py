@@ -4,6 +4,7 @@ network."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import types
 import urllib.error
 import zipfile
 
@@ -230,7 +232,10 @@ def test_damaged_cache_copy_is_named_and_unpacked_again(tmp_path, damage):
   assert download._check_bundled_copy(folder, NAME) is None
 
 
-def test_incomplete_folder_that_is_not_ours_is_kept_aside(tmp_path):
+def test_incomplete_folder_that_is_not_ours_is_kept_aside(tmp_path, monkeypatch):
+  frozen = datetime.datetime(2026, 1, 2, 3, 4, 5)  # both replacements "at once"
+  monkeypatch.setattr(download, "datetime", types.SimpleNamespace(
+      datetime=types.SimpleNamespace(now=lambda: frozen)))
   mine = tmp_path / "cache" / NAME
   mine.mkdir(parents=True)
   (mine / "movies.csv").write_text("my notes\n")  # no ratings.csv: unusable
@@ -239,6 +244,18 @@ def test_incomplete_folder_that_is_not_ours_is_kept_aside(tmp_path):
   assert folder == mine and _sha(folder / "movies.csv") == GROUPLENS["movies.csv"][1]
   kept = [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(f"{NAME}.replaced-")]
   assert len(kept) == 1 and (kept[0] / "movies.csv").read_text() == "my notes\n"
+  assert kept[0].name == f"{NAME}.replaced-20260102T030405"
+  # Again within the same second: the first kept folder is not overwritten.
+  shutil.rmtree(folder)
+  folder.mkdir()
+  (folder / "tags.csv").write_text("more notes\n")
+  with pytest.warns(UserWarning, match="old folder was kept as"):
+    resolve_dataset_dir(NAME)
+  kept = sorted(p for p in (tmp_path / "cache").iterdir()
+                if p.name.startswith(f"{NAME}.replaced-"))
+  assert len(kept) == 2
+  assert sorted((p / f).read_text() for p in kept for f in ("movies.csv", "tags.csv")
+                if (p / f).exists()) == ["more notes\n", "my notes\n"]
 
 
 def test_second_unpack_keeps_an_intact_copy(tmp_path):
@@ -263,6 +280,22 @@ def test_missing_bundle_falls_back_to_a_checked_download(tmp_path, monkeypatch):
   assert "no route to host" in msg and f"{NAME}.zip" in msg
   assert f"the bundled copy is missing from {tmp_path / 'empty'}" in msg
   assert download.QUICK_COMMAND not in msg  # it would not work either
+
+
+def test_cache_copy_without_the_bundle_is_checked_against_its_stamp(tmp_path,
+                                                                   monkeypatch):
+  folder = resolve_dataset_dir(NAME)
+  _use_bundle(monkeypatch, tmp_path / "empty")
+  assert resolve_dataset_dir(NAME) == folder  # intact: used as it is
+  (folder / "tags.csv").write_bytes(b"damaged")
+  with pytest.raises(UserError) as e:
+    resolve_dataset_dir(NAME)
+  msg = str(e.value)
+  assert msg.startswith(f"{folder}: member tags.csv has 7 bytes, expected 118660")
+  assert "bundled archive is missing" in msg and f"delete {folder}" in msg
+  (folder / download.STAMP).write_text("[]")
+  with pytest.raises(UserError, match=f"its {download.STAMP} is damaged"):
+    resolve_dataset_dir(NAME)
 
 
 def test_build_bundle_reproduces_the_manifest(tmp_path):

@@ -160,15 +160,7 @@ def resolve_dataset_dir(name: str, data_dir: str | os.PathLike | None = None,
   for folder in _candidates(cache, name):
     if _usable(folder, name):
       if name in BUNDLED and (folder / STAMP).is_file():
-        problem = _check_bundled_copy(folder, name)
-        if problem is not None and _bundled_archive(name) is not None:
-          warnings.warn(f"{folder}: {problem}; unpacking it again from the "
-                        f"bundled archive", stacklevel=2)
-          return unpack_bundled(name, cache)
-        if problem is not None:
-          raise UserError(f"{folder}: {problem}, and the bundled archive is "
-                          f"missing; delete {folder} so it is downloaded "
-                          f"again, or pass --data_dir")
+        return _checked_cache_copy(folder, name, cache)
       return folder
     looked.append(folder / marker)
 
@@ -226,27 +218,57 @@ def bundle_manifest(name: str) -> dict:
 
 
 def _bundle_fix(name: str) -> str:
-  return (f"the bundled archive is damaged: reinstall recae_jax (pip install "
-          f"--force-reinstall --no-deps recae_jax; in a clone: git checkout "
-          f"-- recae_jax/data/bundled/{name}.zip) or pass --data_dir to a "
-          f"copy of {name}")
+  return (f"reinstall recae_jax (in a clone: git checkout -- "
+          f"recae_jax/data/bundled/{name}.zip) or pass --data_dir to a copy "
+          f"of {name}")
 
 
-def _check_bundled_copy(folder: pathlib.Path, name: str) -> str | None:
+def _check_bundled_copy(folder: pathlib.Path, name: str,
+                        members: dict | None = None) -> str | None:
   """None if every bundled member in `folder` has its manifest size and
-  sha256, else what is wrong with the first one that does not."""
-  for member, want in bundle_manifest(name)["members"].items():
-    rel = member.split("/", 1)[1]
-    path = folder / rel
-    if not path.is_file():
-      return f"member {rel} is missing"
-    size = path.stat().st_size
-    if size != want["size"]:
-      return f"member {rel} has {size} bytes, expected {want['size']}"
-    digest = sha256_file(path)
-    if digest != want["sha256"]:
-      return f"member {rel} has sha256 {digest}, expected {want['sha256']}"
+  sha256 (`members`, default the bundled manifest's), else what is wrong
+  with the first one that does not."""
+  if members is None:
+    members = bundle_manifest(name)["members"]
+  try:
+    for member, want in members.items():
+      rel = member.split("/", 1)[1]
+      path = folder / rel
+      if not path.is_file():
+        return f"member {rel} is missing"
+      size = path.stat().st_size
+      if size != want["size"]:
+        return f"member {rel} has {size} bytes, expected {want['size']}"
+      digest = sha256_file(path)
+      if digest != want["sha256"]:
+        return f"member {rel} has sha256 {digest}, expected {want['sha256']}"
+  except (AttributeError, IndexError, KeyError, TypeError):
+    return f"its {STAMP} is damaged"
   return None
+
+
+def _checked_cache_copy(folder: pathlib.Path, name: str,
+                        cache: pathlib.Path) -> pathlib.Path:
+  """`folder`, a cache copy unpacked from the bundle, checked member by
+  member; a damaged one is named in a warning and unpacked again."""
+  if _bundled_archive(name) is not None:
+    problem = _check_bundled_copy(folder, name)
+    if problem is None:
+      return folder
+    warnings.warn(f"{folder}: {problem}; unpacking it again from the bundled "
+                  f"archive", stacklevel=3)
+    return unpack_bundled(name, cache)
+  # The bundle is gone (a trimmed install?): check against the stamp itself.
+  try:
+    members = json.loads((folder / STAMP).read_text(encoding="utf-8"))["members"]
+    problem = _check_bundled_copy(folder, name, members)
+  except (OSError, ValueError, KeyError, TypeError):
+    problem = f"its {STAMP} is damaged"
+  if problem is None:
+    return folder
+  raise UserError(f"{folder}: {problem}, and the bundled archive is missing "
+                  f"from {bundle_dir()}; reinstall recae_jax, or delete "
+                  f"{folder} so that it is downloaded again")
 
 
 def unpack_bundled(name: str, cache: pathlib.Path | None = None) -> pathlib.Path:
@@ -358,30 +380,38 @@ def build_bundle(src_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
 
 def _install(src: pathlib.Path, dest: pathlib.Path, name: str) -> pathlib.Path:
-  """Moves the checked folder `src` to `dest`, replacing a damaged copy."""
-  old = None
+  """Moves the checked folder `src` to `dest`, replacing a damaged copy.
+
+  A damaged copy we unpacked (it has the stamp) is discarded with `src`'s
+  temporary folder; any other folder at `dest` is renamed beside it, never
+  deleted."""
   if (name in BUNDLED and _usable(dest, name) and (dest / STAMP).is_file()
       and _check_bundled_copy(dest, name) is None):
     return dest  # another process unpacked an intact copy meanwhile
+  old = kept = None
   if dest.exists() or dest.is_symlink():
-    old = src.parent / "replaced"
+    if (dest / STAMP).is_file() and not dest.is_symlink():
+      old = src.parent / "replaced"
+    else:
+      when = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+      old = kept = dest.with_name(f"{dest.name}.replaced-{when}")
+      i = 1
+      while kept.exists() or kept.is_symlink():
+        old = kept = dest.with_name(f"{dest.name}.replaced-{when}-{i}")
+        i += 1
     dest.rename(old)
   try:
     src.rename(dest)
   except OSError:
-    # Another process unpacked it first: use theirs if it is intact.
-    if old is None and _usable(dest, name) and _check_bundled_copy(dest, name) is None:
-      return dest
-    if old is not None and not dest.exists():
-      old.rename(dest)
+    if old is not None and not (dest.exists() or dest.is_symlink()):
+      old.rename(dest)  # put it back as it was
+    elif old is None and _usable(dest, name) and _check_bundled_copy(dest, name) is None:
+      return dest  # another process unpacked it first
     raise
-  if old is not None and not (old / STAMP).is_file():
-    # Not ours (a download or a hand-made copy): keep it beside the new one.
-    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
-    kept = dest.with_name(f"{dest.name}.replaced-{stamp}")
-    old.rename(kept)
-    warnings.warn(f"{dest} was incomplete; it is now the bundled copy and the "
-                  f"old folder was kept as {kept}", stacklevel=3)
+  if kept is not None:
+    warnings.warn(f"{dest} was not a usable copy of {name}; it is now the "
+                  f"bundled copy, and the old folder was kept as {kept}",
+                  stacklevel=4)
   return dest
 
 
