@@ -335,3 +335,20 @@ def test_data_info_on_bundled_copy_with_only_the_repository(tmp_path):
   assert out["directory"] == str(cache / NAME)
   assert (out["users"], out["items"], out["ratings"]) == (610, 9742, 100_836)
   assert (cache / NAME / download.STAMP).is_file()
+
+
+def test_quick_command_trains_with_only_the_repository(tmp_path):
+  """The offline hint's command (shortened to 2 epochs) works from a fresh
+  cache with no $RECAE_DATA_DIR and no network."""
+  args = download.QUICK_COMMAND.split()[1:]
+  assert args[0] == "experiments/train.py"
+  workdir = tmp_path / "quick"
+  args = [a if not a.startswith("--workdir=") else f"--workdir={workdir}" for a in args]
+  proc = _script(*args, "--epochs=2",
+                 env_extra={"RECAE_CACHE_DIR": str(tmp_path / "cache")})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  m = json.loads((workdir / "metrics.json").read_text())
+  assert m["dataset"] == NAME
+  assert m["n_train"] + m["n_test"] == 100_836 and m["n_test"] > 0
+  assert m["test_rmse"] < 1.0, m["test_rmse"]  # the global mean scores about 1.04
+  assert (tmp_path / "cache" / NAME / download.STAMP).is_file()
