@@ -66,6 +66,7 @@ COLUMNS_FORMAT = "user=COL,item=COL,rating=COL[,timestamp=COL]"
 # Integer ids that read back exactly as written: no leading zeros or '+'.
 _CANONICAL_INT = r"\s*-?(?:0|[1-9]\d{0,17})\s*"
 _NUMBER_INT = r"\s*[+-]?\d{1,18}\s*"  # movielens._INT_RE: timestamps
+_CHUNK = 1 << 19  # rows per pandas chunk when reading quoted CSV/TSV
 
 
 def _norm(name) -> str:
@@ -268,6 +269,10 @@ def ratings_column(values, where: _Where, column=None,
           f"{where.at(bad[0], column)}: rating {_show(raw.iloc[bad[0]])} is "
           f"not a number; ratings must be numeric (choose another column "
           f"with --columns=rating=COL)")
+  bad = np.flatnonzero(np.isnan(num))
+  if len(bad):
+    raise UserError(f"{where.at(bad[0], column)}: rating is missing (NaN); "
+                    f"every row needs a rating")
   out = num.astype(np.float32)
   bad = np.flatnonzero(~np.isfinite(out))
   if len(bad):
@@ -433,8 +438,8 @@ def from_frame(df: pd.DataFrame, user, item, rating, timestamp=None, *,
     raise UserError(f"{name}: one column is given for two roles "
                     f"({', '.join(f'{r}={c}' for r, c in names.items())})")
   index = df.index
-  where = _Where(name, "row", lambda rows: np.asarray(
-      [repr(x) for x in np.asarray(index)[rows]], dtype=object))
+  where = _Where(name, "row", lambda rows: [
+      repr(x) for x in index[np.asarray(rows, np.int64)].tolist()])
   return assemble(name, cols, where, duplicates=duplicates, names=names,
                   rating_scale=rating_scale)
 
@@ -475,6 +480,11 @@ def _parser_error(path, e: Exception, sep_name: str, what: str) -> UserError:
     return UserError(f"{path}, line {line}: expected {want} {sep_name}-"
                      f"separated fields ({what}), found {got} fields; quote "
                      f"fields that contain the separator")
+  m = re.search(r"EOF inside string starting at row (\d+)", msg)
+  if m:  # pandas counts lines from 0 here
+    return UserError(f"{path}, line {int(m.group(1)) + 1}: a quoted field "
+                     f"starts here and never ends; close the '\"' or remove "
+                     f"it")
   msg = msg.replace("Error tokenizing data. C error: ", "")
   return UserError(f"{path}: cannot read it as {sep_name}-separated text "
                    f"({msg[:200]}); check its quoting")
@@ -486,11 +496,16 @@ def _read_quoted(path: pathlib.Path, sep: str, header: int, n_fields: int,
   from recae_jax.data import movielens
   sep_name = movielens._SEP_NAMES.get(sep, repr(sep))
   try:
-    df = pd.read_csv(
-        path, sep=sep, header=None, skiprows=header, usecols=use,
-        names=list(range(n_fields)), dtype=str, keep_default_na=False,
-        na_filter=False, skip_blank_lines=False, index_col=False,
-        engine="c", encoding="utf-8")
+    # Every column is read (pandas' usecols would let a line with extra
+    # fields through), in chunks so only the used ones pile up.
+    reader = pd.read_csv(
+        path, sep=sep, header=0 if header else None, dtype=str,
+        keep_default_na=False, na_filter=False, skip_blank_lines=False,
+        index_col=False, engine="c", encoding="utf-8", chunksize=_CHUNK)
+    with reader:
+      parts = [chunk.iloc[:, use].set_axis(use, axis=1) for chunk in reader]
+    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=use)
   except UnicodeDecodeError:
     movielens._decode(path, path.read_bytes(), "utf-8")  # names the line
     raise UserError(f"{path}: not valid UTF-8 text; re-save it as UTF-8"
