@@ -1,0 +1,67 @@
+"""Optimizers: one optax chain per config, built at learning rate 1.
+
+The engine scales each member's update by its own learning rate (every
+optimizer here is linear in it, schedules included), so members with
+different rates share one optimizer and one compile.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from recae_jax.config import Config
+
+
+def accumulate_forever() -> optax.GradientTransformation:
+  """Passes on the running sum of all gradients so far.
+
+  Reproduces PyTorch code that never calls `zero_grad()` (seed system S3):
+  `.grad` then holds the sum of every gradient since the start of training.
+  """
+  def init(params):
+    return jax.tree.map(jnp.zeros_like, params)
+
+  def update(updates, state, params=None):
+    del params
+    acc = jax.tree.map(jnp.add, state, updates)
+    return acc, acc
+
+  return optax.GradientTransformation(init, update)
+
+
+def make_schedule(config: Config, steps_per_epoch: int, lr: float):
+  if config.schedule == "constant":
+    return lr
+  if config.schedule == "step":
+    return optax.exponential_decay(lr, config.decay_epochs * steps_per_epoch,
+                                   config.decay_rate, staircase=True)
+  return optax.cosine_decay_schedule(lr, max(1, config.epochs * steps_per_epoch))
+
+
+def make_optimizer(config: Config, steps_per_epoch: int,
+                   lr: float = 1.0) -> optax.GradientTransformation:
+  """optax chain: [accumulate] → [clip] → [coupled weight decay] → optimizer,
+  at learning rate `lr` (1: the engine applies each member's rate)."""
+  lr = make_schedule(config, steps_per_epoch, lr)
+  chain = []
+  if config.accumulate_gradients:
+    chain.append(accumulate_forever())
+  if config.grad_clip > 0:
+    chain.append(optax.clip_by_global_norm(config.grad_clip))
+  if config.weight_decay > 0 and config.optimizer != "adamw":
+    chain.append(optax.add_decayed_weights(config.weight_decay))  # torch-style L2
+  if config.optimizer == "adam":
+    chain.append(optax.adam(lr))
+  elif config.optimizer == "adamw":
+    chain.append(optax.adamw(lr, weight_decay=config.weight_decay))
+  elif config.optimizer == "rmsprop":
+    # torch.optim.RMSprop: eps added outside the square root.
+    chain.append(optax.rmsprop(lr, decay=config.rms_decay, eps=1e-8,
+                               eps_in_sqrt=False))
+  elif config.optimizer == "sgd":
+    chain.append(optax.sgd(lr))
+  else:  # momentum
+    chain.append(optax.sgd(lr, momentum=config.momentum))
+  return optax.chain(*chain)

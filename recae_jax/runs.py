@@ -1,0 +1,19 @@
+"""What `experiments/train.py` runs for a config: a blend of several runs
+(the `best` preset, --ensemble, --blend_*) or one training run."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from recae_jax import blend, train
+from recae_jax.config import Config
+
+
+def run(config: Config, workdir, *, resume: bool = False,
+        progress: Callable[[str], None] = print, dataset=None) -> dict:
+  config = config.validate()
+  if train.is_blend(config):
+    return blend.train_and_evaluate_blend(config, workdir, resume=resume,
+                                          progress=progress, dataset=dataset)
+  return train.train_and_evaluate(config, workdir, resume=resume, progress=progress,
+                                  dataset=dataset)
