@@ -9,10 +9,11 @@ each user's train/validation movies are excluded from the ranking.
 """
 
 import json
-import math
 
 from absl import app, flags
 
+from recae_jax import recommend, restore
+from recae_jax import workdir as wd
 from recae_jax.errors import UserError, run_main
 
 flags.DEFINE_string("workdir", None, "a trained run's directory")
@@ -32,23 +33,14 @@ def main(argv):
     raise UserError(f"--ks: not a list of integers: {','.join(FLAGS.ks)}") from None
   if not ks or min(ks) <= 0:
     raise UserError(f"--ks: cut-offs must be positive, got {ks}")
-  import jax
-  from recae_jax import recommend, restore, train
   r = restore.load_workdir(FLAGS.workdir)
-  t = r.problem.test
-  evaluate = train.make_evaluate(r.model, r.config, r.problem.rating_scale)
-  _, sums = jax.device_get(evaluate(r.params, r.problem.full_data, t.blocks, t.target,
-                                    t.fb_mask, t.fb_value))
-  n = max(1.0, float(sums["count"]))
+  errors = restore.test_errors(r)
   rec = recommend.from_restored(r)
   out = {"workdir": str(r.workdir), "dataset": r.config.dataset, "split": r.config.split,
-         "epoch": r.meta.get("best_epoch"),
-         "test_rmse": math.sqrt(float(sums["sse"]) / n),
-         "test_mae": float(sums["abs"]) / n, "n_test": int(n),
+         "epoch": r.meta.get("best_epoch", [None])[0], **errors,
          "ranking": recommend.evaluate(rec, ks=ks, threshold=FLAGS.threshold)}
   text = json.dumps(out, indent=2, sort_keys=True)
   if FLAGS.out:
-    from recae_jax import workdir as wd
     wd.write_json(FLAGS.out, out)
   print(text)
 

@@ -14,7 +14,7 @@ import numpy as np
 from recae_jax import flags as cfg_flags
 from recae_jax import workdir as wd
 from recae_jax.errors import UserError, run_main
-from recae_jax.train import train_and_evaluate
+from recae_jax.runs import run as train_and_evaluate
 
 cfg_flags.define_config_flags(skip=("split",))
 flags.adopt_module_key_flags(cfg_flags)

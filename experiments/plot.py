@@ -96,7 +96,7 @@ def _train_2d(workdir: pathlib.Path, out: pathlib.Path) -> list:
   import numpy as np
   from recae_jax import plots, recommend, restore
   from recae_jax.config import make_config
-  from recae_jax.train import train_and_evaluate
+  from recae_jax.runs import run as train_and_evaluate
   base = restore.read_config(workdir)
   cfg = make_config(None, dataset=base.dataset, data_dir=base.data_dir, split=base.split,
                     split_seed=base.split_seed, orientation="item", layers=(64, 2),

@@ -120,7 +120,7 @@ def _run_train(row: Row, out: pathlib.Path, quick: bool, data_dir, progress) -> 
   cfg = make_config(row.params["preset"], data_dir=data_dir, **over)
   # A directory without metrics.json is an interrupted run: continue it.
   resume = out.exists() and any(out.iterdir())
-  m = train.train_and_evaluate(cfg, out, resume=resume, progress=progress)
+  m = runs.run(cfg, out, resume=resume, progress=progress)
   return _from_train_metrics(m, out)
 
 

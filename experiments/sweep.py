@@ -27,6 +27,7 @@ cfg_flags.define_config_flags()
 flags.adopt_module_key_flags(cfg_flags)
 flags.DEFINE_string("workdir", None, "output directory for the sweep", required=True)
 flags.DEFINE_string("sweep", None, "e.g. 'seed=0,1,2,3;l2=1e-3,3e-3'", required=True)
+flags.DEFINE_bool("resume", False, "continue the sweep in --workdir from its last checkpoint")
 flags.DEFINE_enum("sweep_mode", "grid", ["grid", "zip"],
                   "grid: every combination; zip: i-th values together")
 
@@ -37,7 +38,7 @@ def main(argv):
   overrides = sweep.parse_sweep(fv.sweep, fv.sweep_mode)  # before any data loads
   base = cfg_flags.config_from_flags()
   configs = sweep.member_configs(base, overrides)
-  sweep.run_sweep(base, configs, fv.workdir)
+  sweep.run_sweep(base, configs, fv.workdir, resume=fv.resume)
 
 
 if __name__ == "__main__":

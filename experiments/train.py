@@ -14,7 +14,7 @@ from absl import app, flags
 
 from recae_jax import flags as cfg_flags
 from recae_jax.errors import run_main
-from recae_jax.train import train_and_evaluate
+from recae_jax.runs import run
 
 cfg_flags.define_config_flags()
 flags.DEFINE_string("workdir", None, "output directory for this run", required=True)
@@ -34,7 +34,7 @@ def main(argv):
     jax.distributed.initialize(flags.FLAGS.coordinator_address,
                                flags.FLAGS.num_processes, flags.FLAGS.process_id)
   config = cfg_flags.config_from_flags()
-  train_and_evaluate(config, flags.FLAGS.workdir, resume=flags.FLAGS.resume)
+  run(config, flags.FLAGS.workdir, resume=flags.FLAGS.resume)
 
 
 if __name__ == "__main__":

@@ -121,9 +121,11 @@ def _als(train: Ratings, mu: float, cfg: BaselineConfig):
   n_i = np.bincount(i, minlength=train.n_items)
   b_u = np.zeros(train.n_users)
   b_i = np.zeros(train.n_items)
+  # Floor: an unrated user / item has a zero sum, so b = 0 even at reg 0.
+  den_i, den_u = np.maximum(cfg.reg_i + n_i, 1e-12), np.maximum(cfg.reg_u + n_u, 1e-12)
   for _ in range(cfg.n_epochs):  # epochs, each vectorized over all ratings
-    b_i = np.bincount(i, r - b_u[u], train.n_items) / (cfg.reg_i + n_i)
-    b_u = np.bincount(u, r - b_i[i], train.n_users) / (cfg.reg_u + n_u)
+    b_i = np.bincount(i, r - b_u[u], train.n_items) / den_i
+    b_u = np.bincount(u, r - b_i[i], train.n_users) / den_u
   return b_u, b_i
 
 

@@ -1,47 +1,47 @@
-"""Ensembles and blends, selected on validation data only.
+"""Ensembles and blends, orchestrated above the training loop and selected
+on validation data only.
 
 `ensemble=K` trains K members that differ only in their seed (same split,
-same validation carve-out) and averages their predictions. The blend then
-fits one linear combination (with intercept) of the components' validation
-predictions — the member average, optionally U-AutoRec and the Pearson
-user-KNN — by least squares, and applies it to their test predictions. Test
-ratings never influence a weight.
+same validation carve-out) as the members of one engine (one compiled epoch
+for all K, see `train.train_members`) and averages their predictions. The
+blend then fits one linear combination (with intercept) of the components'
+validation predictions — the member average, optionally U-AutoRec and the
+Pearson user-KNN — by least squares, and applies it to their test
+predictions. Test ratings never influence a weight.
 
-Each member is an ordinary run in `workdir/members/NAME`, so `--resume`
-skips finished members and continues an interrupted one.
+The members live in `workdir/members/` (their checkpoints there, each
+member's files in `members/mK`), U-AutoRec in `members/uautorec`, so
+`--resume` continues an interrupted blend and reuses finished parts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import pathlib
 from typing import Callable
 
 import numpy as np
 
+from recae_jax import impute, train
 from recae_jax import workdir as wd
 from recae_jax.config import Config, make_config
+from recae_jax.errors import UserError
 from recae_jax.metrics import rating_errors
+from recae_jax.problem import build_problem, load_split
 
-_DATA_FIELDS = ("dataset", "data_dir", "split", "test_fraction", "time_quantile",
+_DATA_FIELDS = ("dataset", "data_dir", "columns", "split", "test_fraction", "time_quantile",
                 "valid_fraction", "min_user_ratings", "min_item_ratings", "split_seed",
                 "eval_batch_size", "fallback", "dense_budget_mb")
 
 
-def _member_run(config: Config, workdir: pathlib.Path, make_problem: Callable,
-                resume: bool, progress) -> dict:
-  from recae_jax import train
-  metrics_path = workdir / "metrics.json"
-  if resume and metrics_path.exists() and (workdir / "test_pred.npy").exists():
-    progress(f"member {workdir.name}: finished earlier, reusing its predictions")
-    metrics = json.loads(metrics_path.read_text())
-  else:
-    metrics = train.train_and_evaluate(config, workdir, resume=resume,
-                                       progress=progress, problem=make_problem())
-  return {"metrics": metrics, "valid": np.load(workdir / "valid_pred.npy"),
-          "test": np.load(workdir / "test_pred.npy")}
+def _finished(dirs) -> bool:
+  return all((d / "metrics.json").exists() and (d / "test_pred.npy").exists() for d in dirs)
+
+
+def _predictions(d: pathlib.Path) -> dict:
+  return {"metrics": json.loads((d / "metrics.json").read_text()),
+          "valid": np.load(d / "valid_pred.npy"), "test": np.load(d / "test_pred.npy")}
 
 
 def fit_blend(valid_preds: np.ndarray, valid_target: np.ndarray) -> np.ndarray:
@@ -56,37 +56,43 @@ def apply_blend(coef: np.ndarray, preds: np.ndarray) -> np.ndarray:
   return coef[0] + preds @ coef[1:]
 
 
-def train_and_evaluate_ensemble(config: Config, workdir, *, resume: bool = False,
-                                progress: Callable[[str], None] = print) -> dict:
-  from recae_jax import train
+def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
+                             progress: Callable[[str], None] = print,
+                             dataset=None) -> dict:
   workdir = wd.ensure_writable(workdir)
   if config.valid_fraction <= 0:
-    from recae_jax.errors import UserError
     raise UserError("--ensemble/--blend_* need --valid_fraction > 0 to fit weights")
   wd.write_json(workdir / "config.json", config.to_json())
-  dataset, split = train.load_split(config)
+  dataset, split = load_split(config, dataset)
   wd.write_json(workdir / "provenance.json", wd.provenance(dataset.files))
   lo, hi = dataset.rating_scale
   base = dataclasses.replace(config, ensemble=1, blend_uautorec=False, blend_knn=False)
-  components: dict[str, dict] = {}
-  members = []
-  # Members differ only in their seed, so they share one device-resident problem.
-  member_problem = functools.cache(lambda: train.build_problem(base, dataset, split))
-  for k in range(config.ensemble):
-    member_cfg = dataclasses.replace(base, seed=config.seed + k)
-    progress(f"== member {k + 1}/{config.ensemble} (seed {member_cfg.seed})")
-    members.append(_member_run(member_cfg, workdir / "members" / f"m{k}", member_problem,
-                               resume, progress))
-  components["autoencoder_mean"] = {
-      "valid": np.mean([m["valid"] for m in members], axis=0),
-      "test": np.mean([m["test"] for m in members], axis=0)}
+  seeds = [dataclasses.replace(base, seed=config.seed + k) for k in range(config.ensemble)]
+  dirs = [workdir / "members" / f"m{k}" for k in range(config.ensemble)]
+  if resume and _finished(dirs):
+    progress("members: finished earlier, reusing their predictions")
+  else:
+    progress(f"== {config.ensemble} member(s), seeds {config.seed}..{config.seed + config.ensemble - 1}")
+    train.train_members(base, seeds, workdir / "members", member_dirs=dirs,
+                        labels=[d.name for d in dirs], resume=resume, progress=progress,
+                        problem=build_problem(base, dataset, split),
+                        config_json={"base": base.to_json(),
+                                     "members": [c.to_json() for c in seeds]})
+  members = [_predictions(d) for d in dirs]
+  components: dict[str, dict] = {
+      "autoencoder_mean": {"valid": np.mean([m["valid"] for m in members], axis=0),
+                           "test": np.mean([m["test"] for m in members], axis=0)}}
   if config.blend_uautorec:
     ucfg = make_config("uautorec", **{f: getattr(config, f) for f in _DATA_FIELDS},
                        seed=config.seed, refit=config.refit)
-    progress("== U-AutoRec component")
-    components["uautorec"] = _member_run(
-        ucfg, workdir / "members" / "uautorec",
-        lambda: train.build_problem(ucfg, dataset, split), resume, progress)
+    udir = workdir / "members" / "uautorec"
+    if resume and _finished([udir]):
+      progress("U-AutoRec component: finished earlier, reusing its predictions")
+    else:
+      progress("== U-AutoRec component")
+      train.train_and_evaluate(ucfg, udir, resume=resume, progress=progress,
+                               problem=build_problem(ucfg, dataset, split))
+    components["uautorec"] = _predictions(udir)
   if config.blend_knn:
     progress("== Pearson user-KNN component")
     components["knn"] = _knn_component(split, dataset.rating_scale)
@@ -134,7 +140,6 @@ def _knn_component(split, rating_scale) -> dict:
   Validation pairs are predicted from the fitting ratings only, test pairs
   from the whole training split, exactly like the autoencoder members.
   """
-  from recae_jax import impute
   cfg = impute.KNNConfig(neighbors=40, positive_only=True, shrinkage=50.0,
                          rating_scale=tuple(rating_scale))
   full = split.train.concat(split.valid)

@@ -95,8 +95,11 @@ class Checkpoints:
     _sync(f"checkpoint-set-aside-{step}")
     self._mngr.reload()
 
-  def restore_latest(self, abstract_state):
+  def restore_latest(self, abstract_state, fmt: int | None = None):
     """(state, meta) of the newest checkpoint that loads, or None if none exist.
+
+    `fmt`: the bookkeeping format the caller reads; a checkpoint of another
+    format (written by an older recae_jax) is a UserError, left untouched.
 
     A checkpoint that fails its manifest or fails to load (truncated,
     corrupted) is set aside with a warning and the previous one is tried.
@@ -108,6 +111,8 @@ class Checkpoints:
         errors.append(f"step {step}: files differ from their sha256 manifest")
         self._set_aside(step, "files differ from their sha256 manifest")
         continue
+      if fmt is not None:
+        self._check_format(step, fmt)
       try:
         restored = self._mngr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
@@ -120,6 +125,18 @@ class Checkpoints:
       raise UserError(f"no readable checkpoint in {self.directory} "
                       f"({'; '.join(errors)}); start a fresh run in a new workdir")
     return None
+
+  def _check_format(self, step: int, fmt: int) -> None:
+    try:
+      meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+      found = dict(meta["meta"]).get("format", 1)
+    except Exception:  # unreadable meta: let the full restore set it aside
+      return
+    if found != fmt:
+      raise UserError(
+          f"checkpoint {step} in {self.directory} was written by an older recae_jax "
+          f"(checkpoint format {found}, this version reads {fmt}: one model per state, "
+          "before the one-engine rework); retrain it in a new --workdir")
 
   def close(self):
     self._mngr.close()

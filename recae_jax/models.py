@@ -1,106 +1,268 @@
-"""One configurable autoencoder for every model in the project.
+"""The models, as pure functions over flat parameter dicts: one forward each.
 
     input (N ratings [++ side features]) → encoder layers → code
       → decoder (mirror of the encoder without the code layer) → N outputs
 
 AutoRec is `layers=(500,)` (N→500→N); DeepRecommender and S1 are
 `(512, 512, 1024)` (N→512→512→1024→512→512→N); S3 is `(20, 10)`.
-Denoising (input dropout / Gaussian noise on observed entries), dropout on
-the code, and a tied decoder (each decoder kernel is the transpose of its
-mirror encoder kernel) are switches. Side features are appended to the input
-only; the output always has exactly N rating columns.
+
+`AutoEncoder.apply` is the ONLY forward pass of the rating autoencoders. Its
+input comes in one of two forms and its output in one of two:
+
+  first layer  `DenseInput`  (B x N rows, a GEMM)   or
+               `SparseInput` (a batch's observed entries, spmm)
+  last layer   all N outputs (a GEMM)               or
+               outputs at (row, col) pairs only (`at=`, sddmm)
+
+so the dense path, the sparse path, sweeps (members on a leading axis, by
+vmap or one after another), evaluation and inference all run the same code.
+The rates of the stochastic parts (input dropout, Gaussian input noise,
+dropout on the code) are call arguments, traced, so members with different
+rates share one compile; the module's static flags only say whether any
+member draws them at all. Side features are appended to the input only; the
+output always has exactly N rating columns. Parameter names
+(`enc_0_kernel`, ..., `dec_{n-1}_kernel`) are the ones flax's AutoEncoder
+used, so the parameter trees of older checkpoints keep their layout.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
-import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
 
+from recae_jax import sparse_ops
 from recae_jax.config import Config
 
-_ACT = {
+ACT = {
     "sigmoid": nn.sigmoid, "relu": nn.relu, "selu": nn.selu, "elu": nn.elu,
     "tanh": jnp.tanh, "identity": lambda x: x, "lrelu": nn.leaky_relu,
 }
+_xavier = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 
 
-class AutoEncoder(nn.Module):
+@flax.struct.dataclass
+class DenseInput:
+  x_BxN: jax.Array                 # scaled ratings, 0 = missing
+  m_BxN: jax.Array                 # bool: observed
+  side_BxS: Optional[jax.Array] = None
+
+
+@flax.struct.dataclass
+class SparseInput:
+  """A batch's observed entries, flattened to T slots (rows sorted)."""
+
+  row_T: jax.Array    # int32 position in the batch (padding → B-1)
+  col_T: jax.Array    # int32 column
+  x_T: jax.Array      # float32 scaled rating (padding → 0)
+  valid_T: jax.Array  # float32 1 real, 0 padding
+  n_rows: int = flax.struct.field(pytree_node=False)  # B
+
+
+@flax.struct.dataclass
+class Rates:
+  """Per-member rates of the stochastic layers (scalars, traced)."""
+
+  dropout: jax.Array
+  input_dropout: jax.Array
+  input_noise: jax.Array
+
+
+def _drop(key, p, x):
+  keep = jax.random.bernoulli(key, 1 - p, x.shape)
+  return jnp.where(keep, x / (1 - p), 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoEncoder:
   n_outputs: int
   layers: tuple[int, ...]
+  n_side: int = 0                  # side-feature columns appended to the input
   activation: str = "sigmoid"
   output_activation: str = "identity"
-  dropout: float = 0.0
-  input_dropout: float = 0.0
-  input_noise: float = 0.0
-  tied: bool = False
-  compute_dtype: str = "float32"  # matmul dtype; parameters stay float32
+  tied: bool = False               # decoder kernels = encoder kernels transposed
+  compute_dtype: str = "float32"   # matmul dtype; parameters stay float32
+  # Whether any member draws these (static); the rates themselves are traced.
+  input_dropout: bool = False
+  input_noise: bool = False
+  dropout: bool = False
 
-  @nn.compact
-  def __call__(self, x_BxN, m_BxN, side_BxS: Optional[jax.Array] = None, *,
-               train: bool = False, return_code: bool = False):
-    """Reconstructs the N rating columns from observed ratings (+ side features).
+  @property
+  def n_inputs(self) -> int:
+    return self.n_outputs + self.n_side
 
-    With `return_code=True` returns the bottleneck (code layer) instead.
-    """
-    act, out_act = _ACT[self.activation], _ACT[self.output_activation]
-    init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")  # Xavier
+  def _decoder_widths(self) -> list[int]:
+    return list(reversed(self.layers[:-1])) + [self.n_outputs]
+
+  def init(self, rng: jax.Array) -> dict:
+    """Xavier-uniform kernels, zero biases."""
+    shapes, d = {}, self.n_inputs
+    for i, w in enumerate(self.layers):
+      shapes[f"enc_{i}"] = (d, w)
+      d = w
+    for i, w in enumerate(self._decoder_widths()):
+      shapes[f"dec_{i}"] = (d, w)
+      d = w
+    keys = jax.random.split(rng, len(shapes))
+    params = {}
+    for key, (name, shape) in zip(keys, shapes.items()):
+      if not (self.tied and name.startswith("dec_")):
+        params[f"{name}_kernel"] = _xavier(key, shape, jnp.float32)
+      params[f"{name}_bias"] = jnp.zeros(shape[1:], jnp.float32)
+    return params
+
+  def _dense(self, h, kernel, bias):  # low-precision matmul, float32 accumulate
     dt = jnp.dtype(self.compute_dtype)
+    return jnp.matmul(h.astype(dt), kernel.astype(dt),
+                      preferred_element_type=jnp.float32) + bias
 
-    def dense(h, kernel, bias):  # low-precision matmul, float32 accumulate
-      return jnp.matmul(h.astype(dt), kernel.astype(dt),
-                        preferred_element_type=jnp.float32) + bias
+  def _decoder_kernel(self, params, i: int):
+    if not self.tied:
+      return params[f"dec_{i}_kernel"]
+    # Mirror of encoder (n-1-i), transposed; the first encoder kernel also
+    # carries side-feature rows, which the decoder's N outputs drop.
+    n = len(self.layers)
+    return params[f"enc_{n - 1 - i}_kernel"].T[:, :self._decoder_widths()[i]]
 
-    x = x_BxN
-    if train and self.input_dropout > 0:
-      keep = jax.random.bernoulli(self.make_rng("dropout"), 1 - self.input_dropout,
-                                  x.shape)
-      x = jnp.where(keep, x / (1 - self.input_dropout), 0.0)
-    if train and self.input_noise > 0:
-      noise = self.input_noise * jax.random.normal(self.make_rng("dropout"), x.shape)
-      x = jnp.where(m_BxN, x + noise, 0.0)
-    if side_BxS is not None:
-      x = jnp.concatenate([x, side_BxS.astype(x.dtype)], axis=-1)
-
-    h, kernels = x, []
-    for i, width in enumerate(self.layers):
-      kernel = self.param(f"enc_{i}_kernel", init, (h.shape[-1], width))
-      bias = self.param(f"enc_{i}_bias", nn.initializers.zeros, (width,))
-      kernels.append(kernel)
-      h = act(dense(h, kernel, bias))
-    if return_code:
-      return h
-    if train and self.dropout > 0:
-      keep = jax.random.bernoulli(self.make_rng("dropout"), 1 - self.dropout, h.shape)
-      h = jnp.where(keep, h / (1 - self.dropout), 0.0)
-
-    dec_widths = list(reversed(self.layers[:-1])) + [self.n_outputs]
-    n = len(dec_widths)
-    for i, width in enumerate(dec_widths):
-      if self.tied:
-        # Mirror of encoder (n-1-i), transposed; the first encoder kernel also
-        # carries side-feature rows, which the decoder's N outputs drop.
-        kernel = kernels[n - 1 - i].T[:, :width]
-      else:
-        kernel = self.param(f"dec_{i}_kernel", init, (h.shape[-1], width))
-      bias = self.param(f"dec_{i}_bias", nn.initializers.zeros, (width,))
-      h = dense(h, kernel, bias)
-      h = out_act(h) if i == n - 1 else act(h)
+  def encode(self, params, inputs, rates: Optional[Rates] = None,
+             rng: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
+    """The code layer [B, H_code] (before dropout)."""
+    act = ACT[self.activation]
+    draws = train and (self.input_dropout or self.input_noise)
+    k_in, k_noise = jax.random.split(rng, 3)[:2] if draws else (None, None)
+    if isinstance(inputs, SparseInput):
+      x_T = inputs.x_T
+      if train and self.input_dropout:
+        x_T = _drop(k_in, rates.input_dropout, x_T)
+      w0 = params["enc_0_kernel"]
+      chunk = sparse_ops.chunk_size(x_T.shape[0], w0.shape[1])
+      h = act(sparse_ops.spmm(w0, inputs.row_T, inputs.col_T, x_T, inputs.n_rows, chunk)
+              + params["enc_0_bias"])
+    else:
+      x = inputs.x_BxN
+      if train and self.input_dropout:
+        x = _drop(k_in, rates.input_dropout, x)
+      if train and self.input_noise:
+        noise = rates.input_noise * jax.random.normal(k_noise, x.shape)
+        x = jnp.where(inputs.m_BxN, x + noise, 0.0)
+      if inputs.side_BxS is not None:
+        x = jnp.concatenate([x, inputs.side_BxS.astype(x.dtype)], axis=-1)
+      h = act(self._dense(x, params["enc_0_kernel"], params["enc_0_bias"]))
+    for i in range(1, len(self.layers)):
+      h = act(self._dense(h, params[f"enc_{i}_kernel"], params[f"enc_{i}_bias"]))
     return h
 
+  def hidden(self, params, inputs, rates=None, rng=None, train=False) -> jax.Array:
+    """The last hidden layer [B, H], the output layer's input."""
+    act = ACT[self.activation]
+    h = self.encode(params, inputs, rates, rng, train)
+    if train and self.dropout:
+      h = _drop(jax.random.split(rng, 3)[2], rates.dropout, h)
+    for i in range(len(self.layers) - 1):
+      h = act(self._dense(h, self._decoder_kernel(params, i), params[f"dec_{i}_bias"]))
+    return h
 
-def build_model(config: Config, n_outputs: int) -> AutoEncoder:
+  def output_rows(self, params) -> jax.Array:
+    """The output layer's kernel as [N, H] rows, the layout sddmm gathers."""
+    # Materialised once: a transpose fused into the gather reads strided columns.
+    last = len(self.layers) - 1
+    return jax.lax.optimization_barrier(self._decoder_kernel(params, last).T)
+
+  def apply(self, params, inputs, rates: Optional[Rates] = None,
+            rng: Optional[jax.Array] = None, train: bool = False, *, at=None,
+            out_rows: Optional[jax.Array] = None) -> jax.Array:
+    """All N outputs [B, N], or with `at=(row_P, col_P)` the outputs at those
+    pairs only [P] (pass `out_rows=self.output_rows(params)` in a loop)."""
+    h = self.hidden(params, inputs, rates, rng, train)
+    last = len(self.layers) - 1
+    out_act = ACT[self.output_activation]
+    bias = params[f"dec_{last}_bias"]
+    if at is None:
+      return out_act(self._dense(h, self._decoder_kernel(params, last), bias))
+    row_P, col_P = at
+    v_NxH = self.output_rows(params) if out_rows is None else out_rows
+    chunk = sparse_ops.chunk_size(row_P.shape[0], h.shape[-1])
+    return out_act(sparse_ops.sddmm(h, v_NxH, row_P, col_P, chunk) + bias[col_P])
+
+
+def build_model(config: Config, n_outputs: int, n_side: int = 0,
+                members: tuple[Config, ...] = ()) -> AutoEncoder:
+  """The autoencoder of `config`; `members` (a sweep's configs) decide which
+  stochastic layers are drawn at all."""
+  cs = members or (config,)
   return AutoEncoder(
-      n_outputs=n_outputs, layers=tuple(config.layers),
+      n_outputs=n_outputs, layers=tuple(config.layers), n_side=n_side,
       activation=config.activation, output_activation=config.output_activation,
-      dropout=config.dropout, input_dropout=config.input_dropout,
-      input_noise=config.input_noise, tied=config.tied,
-      compute_dtype=config.compute_dtype)
+      tied=config.tied, compute_dtype=config.compute_dtype,
+      input_dropout=any(c.input_dropout > 0 for c in cs),
+      input_noise=any(c.input_noise > 0 for c in cs),
+      dropout=any(c.dropout > 0 for c in cs))
 
 
 def encode(model: AutoEncoder, params, x_BxN, side_BxS=None):
-  """Bottleneck features (the code layer) for a batch of rows."""
-  return model.apply({"params": params}, x_BxN, x_BxN != 0, side_BxS,
-                     return_code=True)
+  """Bottleneck features (the code layer) for a batch of dense rows."""
+  return model.encode(params, DenseInput(x_BxN, x_BxN != 0, side_BxS))
+
+
+# ------------------------------------------------------------- Mult-VAE / DAE
+
+@dataclasses.dataclass(frozen=True)
+class MultVAE:
+  """Mult-VAE (variational=True) or Mult-DAE (False) of Liang et al. 2018:
+  L2-normalised clicks, input dropout, tanh MLP; `apply` returns (logits, KL_B)."""
+
+  n_items: int
+  hidden: tuple[int, ...] = (600,)
+  latent: int = 200
+  variational: bool = True
+
+  def _shapes(self) -> dict:
+    shapes, d = {}, self.n_items
+    for i, w in enumerate(self.hidden):
+      shapes[f"enc_{i}"] = (d, w)
+      d = w
+    shapes["enc_latent"] = (d, 2 * self.latent if self.variational else self.latent)
+    d = self.latent
+    for i, w in enumerate(reversed(self.hidden)):
+      shapes[f"dec_{i}"] = (d, w)
+      d = w
+    shapes["dec_out"] = (d, self.n_items)
+    return shapes
+
+  def init(self, rng: jax.Array) -> dict:
+    """Xavier-uniform kernels, N(0, 0.001) biases (their code's init)."""
+    params = {}
+    shapes = self._shapes()
+    keys = jax.random.split(rng, 2 * len(shapes))
+    for i, (name, shape) in enumerate(shapes.items()):
+      params[name] = {
+          "kernel": nn.initializers.xavier_uniform()(keys[2 * i], shape, jnp.float32),
+          "bias": 0.001 * jax.random.normal(keys[2 * i + 1], shape[1:], jnp.float32)}
+    return params
+
+  def apply(self, params, x_BxI, input_dropout=0.0, rng=None, train: bool = False):
+    dense = lambda name, h: h @ params[name]["kernel"] + params[name]["bias"]
+    h = x_BxI / jnp.maximum(jnp.linalg.norm(x_BxI, axis=1, keepdims=True), 1e-12)
+    if train:
+      k_drop, k_sample = jax.random.split(rng)
+      h = _drop(k_drop, input_dropout, h)
+    for i in range(len(self.hidden)):
+      h = jnp.tanh(dense(f"enc_{i}", h))
+    if self.variational:
+      mu, logvar = jnp.split(dense("enc_latent", h), 2, axis=-1)
+      kl_B = 0.5 * jnp.sum(-logvar + jnp.exp(logvar) + mu * mu - 1.0, axis=-1)
+      z = mu
+      if train:
+        z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(k_sample, mu.shape)
+    else:  # Mult-DAE: a tanh code layer (Liang's [I → 200 → I] when hidden=())
+      z = jnp.tanh(dense("enc_latent", h))
+      kl_B = jnp.zeros(x_BxI.shape[0])
+    h = z
+    for i in range(len(self.hidden)):
+      h = jnp.tanh(dense(f"dec_{i}", h))
+    return dense("dec_out", h), kl_B
+

@@ -10,15 +10,28 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_training_curves(runs: dict[str, list[dict]], path) -> pathlib.Path:
-  """Train loss and validation RMSE per epoch for one or several runs."""
+def plot_training_curves(runs: dict[str, list[dict]], path,
+                         selected_epoch: int | None = None) -> pathlib.Path:
+  """Train loss and validation RMSE per epoch for one or several runs; the
+  selected epoch is marked, and the validation panel zoomed to the range
+  where the curves are informative (the first epochs' RMSE would flatten it)."""
   fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
+  vals = []
   for name, rows in runs.items():
     epochs = [r["epoch"] for r in rows]
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], label=name)
     val = [(r["epoch"], r["valid_rmse"]) for r in rows if "valid_rmse" in r]
     if val:
       ax_val.plot(*zip(*val), label=name)
+      vals += [v for _, v in val]
+  if vals:
+    lo, mid = min(vals), sorted(vals)[len(vals) // 2]
+    top = max(mid, lo) + max(mid - lo, 1e-3) * 2
+    ax_val.set_ylim(lo - 0.1 * (top - lo), min(max(vals), top))
+  if selected_epoch:
+    for ax in (ax_loss, ax_val):
+      ax.axvline(selected_epoch, color="k", ls="--", lw=1,
+                 label=f"selected epoch {selected_epoch}")
   ax_loss.set(xlabel="epoch", ylabel="train loss", title="training objective")
   ax_val.set(xlabel="epoch", ylabel="RMSE", title="validation RMSE")
   for ax in (ax_loss, ax_val):

@@ -46,9 +46,9 @@ from recae_jax.config import Config
 from recae_jax.data import sparse
 from recae_jax.data.types import Dataset, Ratings
 from recae_jax.errors import UserError
-from recae_jax.models import AutoEncoder
+from recae_jax.models import AutoEncoder, DenseInput
+from recae_jax.problem import RowData
 from recae_jax.restore import Restored, load_workdir
-from recae_jax.train import RowData
 
 
 @dataclasses.dataclass
@@ -102,7 +102,7 @@ def from_workdir(workdir) -> Recommender:
 def _apply_blocks(model: AutoEncoder, div: float, params, data: RowData, rows_KxB):
   def body(_, rows_B):
     v_BxN, m_BxN, side = data.batch(rows_B)
-    return None, model.apply({"params": params}, v_BxN / div, m_BxN, side) * div
+    return None, model.apply(params, DenseInput(v_BxN / div, m_BxN, side)) * div
   _, out = jax.lax.scan(body, None, rows_KxB)
   return out.reshape(-1, out.shape[-1])
 
@@ -128,8 +128,8 @@ class _AEScorer:
   def __call__(self, ctx, rows_B):
     if self.user_rows:
       v_BxN, m_BxN, side = ctx["data"].batch(rows_B)
-      s_BxI = self.model.apply({"params": ctx["params"]}, v_BxN / self.div, m_BxN,
-                               side) * self.div
+      s_BxI = self.model.apply(ctx["params"], DenseInput(v_BxN / self.div, m_BxN,
+                                                         side)) * self.div
     else:
       s_BxI = ctx["table"][rows_B]
     cold_B = ctx["cold_U"][jnp.minimum(rows_B, ctx["cold_U"].shape[0] - 1)]
@@ -269,8 +269,7 @@ def recommend(rec: Recommender, user_id, k: int = 10) -> Recommendation:
 def _encode_blocks(model: AutoEncoder, div: float, params, data: RowData, rows_KxB):
   def body(_, rows_B):
     v_BxN, m_BxN, side = data.batch(rows_B)
-    return None, model.apply({"params": params}, v_BxN / div, m_BxN, side,
-                             return_code=True)
+    return None, model.encode(params, DenseInput(v_BxN / div, m_BxN, side))
   _, out = jax.lax.scan(body, None, rows_KxB)
   return out.reshape(-1, out.shape[-1])
 

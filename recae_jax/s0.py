@@ -30,10 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from recae_jax import config as config_lib
-from recae_jax import impute, models, train
+from recae_jax import engine, impute, models, optim
+from recae_jax.batching import DenseBatcher
 from recae_jax.data import sparse
 from recae_jax.data.types import Dataset, Ratings
 from recae_jax.errors import UserError
+from recae_jax.problem import RowData
+from recae_jax.tasks import Hyper, RatingTask
 
 SCALE = (1.0, 5.0)
 
@@ -167,34 +170,36 @@ def train_feature_ae(filled_UxI: np.ndarray, train_rows: np.ndarray,
     raise UserError("filled matrix must hold ratings >= 1 in every cell")
   u, n_items = filled_UxI.shape
   csr = sparse.ratings_to_csr(_dense_ratings(filled_UxI), "user")
-  data = train.RowData(sparse.make_row_source(csr, cfg.dense_budget_mb << 20),
-                       None, jnp.asarray(train_rows, jnp.int32))
+  data = RowData(sparse.make_row_source(csr, cfg.dense_budget_mb << 20),
+                 None, jnp.asarray(train_rows, jnp.int32))
   model = models.build_model(cfg, n_items)
+  task = RatingTask.from_config(cfg, model)
   steps = max(1, -(-len(train_rows) // cfg.batch_size))
-  tx = train.make_optimizer(cfg, steps)
-  state = train.init_state(model, tx, data, cfg.seed)
-  epoch_fn = train.make_train_epoch(model, tx, cfg, cfg.batch_size)
+  tx = optim.make_optimizer(cfg, steps)
+  state = engine.init_state(task, tx, [cfg.seed], cfg.seed)
+  epoch_fn = engine.make_epoch(task, tx, DenseBatcher(cfg.batch_size), shuffle=cfg.shuffle)
+  hyper = Hyper.from_configs([cfg])
   t0 = time.perf_counter()
   losses = []
   for _ in range(cfg.epochs):  # one compiled call per epoch
-    state, m = epoch_fn(state, data)
-    losses.append(m["loss"])
+    state, m = epoch_fn(state, data, hyper)
+    losses.append(m["loss"][0])
   losses = [float(v) for v in jax.device_get(losses)]
-  jax.block_until_ready(state.params)
+  params = engine.member(state.params, 0)
+  jax.block_until_ready(params)
   seconds = time.perf_counter() - t0
   x_UxI = jnp.asarray(filled_UxI / cfg.rating_divisor, jnp.float32)
-  recon = np.asarray(_reconstruct(model, state.params, x_UxI)) * cfg.rating_divisor
-  feats = np.asarray(models.encode(model, state.params, x_UxI), np.float32)
+  recon = np.asarray(_reconstruct(model, params, x_UxI)) * cfg.rating_divisor
+  feats = np.asarray(models.encode(model, params, x_UxI), np.float32)
   err2 = (recon.astype(np.float64) - filled_UxI) ** 2
   rmse = lambda rows: (float(np.sqrt(err2[rows].mean())) if len(rows)
                        else float("nan"))
-  return Trained(state.params, model, cfg, recon.astype(np.float32), feats,
+  return Trained(params, model, cfg, recon.astype(np.float32), feats,
                  rmse(train_rows), rmse(test_rows), seconds, losses)
 
 
 def _reconstruct(model, params, x_UxI):
-  return jax.jit(lambda p, x: model.apply({"params": p}, x, x != 0))(params,
-                                                                        x_UxI)
+  return jax.jit(lambda p, x: model.apply(p, models.DenseInput(x, x != 0)))(params, x_UxI)
 
 
 def plot_vector(original, reconstructed, observed, path, title: str,

@@ -23,33 +23,33 @@ Epochs (VAE/DAE) and λ (EASE) are chosen by validation NDCG@`select_k`
 (100) — never on
 test — and the test metrics are reported for that choice.
 
-The training engine is the project's idiom: `jax.jit` with donated state,
-one `lax.scan` per epoch over a device-side permutation of user rows, last
-batch padded with the zero padding row (weight 0), `train.make_optimizer`.
+Mult-VAE/DAE train on the project's one engine (`tasks.MultinomialTask`,
+`engine.make_epoch`, `loop.fit`: checkpoints and --resume included).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import math
 import pathlib
+import tempfile
 import time
 from typing import Any, Callable, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from recae_jax import losses, ranking
+from recae_jax import engine, loop, optim, ranking, recommend, restore, train
+from recae_jax import workdir as wd
+from recae_jax.batching import DenseBatcher
 from recae_jax.config import make_config
-from recae_jax.data import sparse, splits
+from recae_jax.data import movielens, sparse, splits
 from recae_jax.data.types import Dataset, Ratings, Split
 from recae_jax.errors import UserError
-from recae_jax.train import TrainState, make_optimizer
+from recae_jax.models import MultVAE
+from recae_jax.problem import RowData, build_problem
+from recae_jax.tasks import Hyper, MultinomialTask
 
 MODELS = ("mult_vae", "mult_dae", "ease", "popularity")
 
@@ -189,7 +189,6 @@ def _users_of(r: Ratings) -> np.ndarray:
 def make_protocol(config: TopNConfig, dataset: Optional[Dataset] = None) -> Protocol:
   """Builds the split; `dataset` overrides loading `config.dataset`."""
   if dataset is None:
-    from recae_jax.data import movielens
     dataset = movielens.load_dataset(config.dataset, config.data_dir)
   outer = splits.make_split(dataset, "heldout_users", n_heldout_users=config.n_test_users,
                             implicit_threshold=config.threshold,
@@ -228,103 +227,14 @@ def evaluate_users(score_fn, ctx, protocol: Protocol, users: np.ndarray,
 
 # ------------------------------------------------------------- Mult-VAE / DAE
 
-class MultVAE(nn.Module):
-  """Mult-VAE (variational=True) or Mult-DAE (False); returns (logits, KL_B)."""
-
-  n_items: int
-  hidden: tuple[int, ...] = (600,)
-  latent: int = 200
-  input_dropout: float = 0.5
-  variational: bool = True
-
-  @nn.compact
-  def __call__(self, x_BxI, *, train: bool = False):
-    init = nn.initializers.xavier_uniform()
-    dense = functools.partial(nn.Dense, kernel_init=init,
-                              bias_init=nn.initializers.normal(0.001))
-    h = x_BxI / jnp.maximum(jnp.linalg.norm(x_BxI, axis=1, keepdims=True), 1e-12)
-    h = nn.Dropout(self.input_dropout, deterministic=not train)(h)
-    for i, w in enumerate(self.hidden):
-      h = jnp.tanh(dense(w, name=f"enc_{i}")(h))
-    if self.variational:
-      mu_logvar = dense(2 * self.latent, name="enc_latent")(h)
-      mu, logvar = jnp.split(mu_logvar, 2, axis=-1)
-      kl_B = 0.5 * jnp.sum(-logvar + jnp.exp(logvar) + mu * mu - 1.0, axis=-1)
-      z = mu
-      if train:
-        z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(
-            self.make_rng("sample"), mu.shape)
-    else:  # Mult-DAE: a tanh code layer (Liang's [I → 200 → I] when hidden=())
-      z = jnp.tanh(dense(self.latent, name="enc_latent")(h))
-      kl_B = jnp.zeros(x_BxI.shape[0])
-    h = z
-    for i, w in enumerate(reversed(self.hidden)):
-      h = jnp.tanh(dense(w, name=f"dec_{i}")(h))
-    return dense(self.n_items, name="dec_out")(h), kl_B
-
-
 def build_mult_model(config: TopNConfig, n_items: int) -> MultVAE:
   return MultVAE(n_items=n_items, hidden=tuple(config.hidden), latent=config.latent,
-                 input_dropout=config.input_dropout,
                  variational=config.model == "mult_vae")
 
 
-def multinomial_nll(logits_BxI, x_BxI, w_B) -> jax.Array:
-  """Σ_b w_b (−Σ_i x_bi log softmax(logits_b)_i), the Mult-VAE likelihood."""
-  return -jnp.sum(w_B * jnp.sum(jax.nn.log_softmax(logits_BxI) * x_BxI, axis=-1))
-
-
-def anneal_beta(step, cap: float, total_steps: int):
-  """β = min(cap, step / total_steps): Liang et al.'s linear KL annealing."""
-  return jnp.minimum(cap, step.astype(jnp.float32) / max(1, total_steps))
-
-
-# How many times the epoch function was traced (tests pin "compiles once").
-TRACE_COUNTS: dict[str, int] = {"epoch": 0}
-
-
-def make_mult_epoch(model: MultVAE, tx, config: TopNConfig, batch_size: int,
-                    anneal_steps: int) -> Callable:
-  """jitted `epoch(state, source, train_rows) -> (state, {"loss", "beta"})`."""
-  l2 = config.l2
-
-  def loss_fn(params, x_BxI, w_B, rng, beta):
-    rng_drop, rng_sample = jax.random.split(rng)
-    logits, kl_B = model.apply({"params": params}, x_BxI, train=True,
-                               rngs={"dropout": rng_drop, "sample": rng_sample})
-    n = jnp.maximum(1.0, jnp.sum(w_B))
-    loss = (multinomial_nll(logits, x_BxI, w_B) + beta * jnp.sum(w_B * kl_B)) / n
-    if l2 > 0:
-      loss = loss + l2 * losses.l2_penalty(params)
-    return loss
-
-  grad_fn = jax.value_and_grad(loss_fn)
-
-  def step(state: TrainState, rows_B, source):
-    x_BxI, _ = source.gather(rows_B)
-    w_B = (rows_B < source.n_rows).astype(jnp.float32)
-    beta = anneal_beta(state.step, config.anneal_cap, anneal_steps)
-    loss, grads = grad_fn(state.params, x_BxI, w_B,
-                          jax.random.fold_in(state.rng, state.step), beta)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), (
-        loss, beta)
-
-  @functools.partial(jax.jit, donate_argnums=0)
-  def epoch(state: TrainState, source, train_rows):
-    TRACE_COUNTS["epoch"] += 1
-    n = train_rows.shape[0]
-    n_batches = -(-n // batch_size)
-    rng, perm_rng = jax.random.split(state.rng)
-    perm = train_rows[jax.random.permutation(perm_rng, n)]
-    pad = jnp.full((n_batches * batch_size - n,), source.n_rows, jnp.int32)
-    rows_KxB = jnp.concatenate([perm, pad]).reshape(n_batches, batch_size)
-    state, (loss_K, beta_K) = jax.lax.scan(lambda s, r: step(s, r, source),
-                                           state.replace(rng=rng), rows_KxB)
-    return state, {"loss": jnp.mean(loss_K), "beta": beta_K[-1]}
-
-  return epoch
+def multinomial_metrics(loss_NbxK, aux) -> dict:
+  beta, _ = aux
+  return {"loss": jnp.mean(loss_NbxK, 0), "beta": beta[-1]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,64 +244,53 @@ class MultScorer:
 
   def __call__(self, ctx, rows_B):
     x_BxI, _ = ctx["inputs"].gather(rows_B)
-    logits, _ = self.model.apply({"params": ctx["params"]}, x_BxI, train=False)
-    return logits
-
-
-# Copies a pytree in one compiled call (eager jnp.copy compiles once per leaf).
-_copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+    return self.model.apply(ctx["params"], x_BxI)[0]
 
 
 def train_mult(config: TopNConfig, protocol: Protocol,
-               progress: Callable[[str], None] = print) -> dict:
-  """Trains Mult-VAE/DAE; returns {"params", "model", "history", ...}."""
+               progress: Callable[[str], None] = print, workdir=None,
+               resume: bool = False) -> dict:
+  """Trains Mult-VAE/DAE on the engine; the epoch is selected by validation
+  NDCG@select_k. Returns {"params", "model", "history", ...}."""
   model = build_mult_model(config, protocol.n_items)
   n_rows = int(protocol.train_rows.shape[0])
   batch_size = min(config.batch_size, n_rows)
   steps_per_epoch = -(-n_rows // batch_size)
   anneal_steps = config.anneal_steps or max(1, int(0.8 * config.epochs * steps_per_epoch))
-  tx = make_optimizer(make_config(optimizer="adam", learning_rate=config.learning_rate),
-                      steps_per_epoch)
-
-  @jax.jit  # one compile instead of one per eager init op
-  def init(key):
-    init_rng, rng = jax.random.split(key)
-    params = model.init(init_rng, jnp.zeros((1, protocol.n_items)))["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params), rng=rng)
-
-  state = init(jax.random.PRNGKey(config.seed))
-  params = _copy_tree(state.params)  # the epoch donates state's buffers
-  epoch_fn = make_mult_epoch(model, tx, config, batch_size, anneal_steps)
+  task = MultinomialTask(model, config.anneal_cap, anneal_steps, use_l2=config.l2 > 0)
+  tx = optim.make_optimizer(make_config(optimizer="adam"), steps_per_epoch)
+  rows = RowData(protocol.inputs, None, protocol.train_rows)
+  batcher = DenseBatcher(batch_size)
+  epoch_fn = engine.make_epoch(task, tx, batcher, summarize=multinomial_metrics)
+  state = engine.init_state(task, tx, [config.seed], config.seed)
   scorer = MultScorer(model)
   sel = f"ndcg@{config.select_k}"
-  best = {sel: -1.0, "epoch": 0, "params": params}
-  history = []
-  t0 = time.perf_counter()
-  for ep in range(1, config.epochs + 1):
-    state, m = epoch_fn(state, protocol.inputs, protocol.train_rows)
-    row = {"epoch": ep}
-    if ep % config.eval_every == 0 or ep == config.epochs:
-      vm = evaluate_users(scorer, {"params": state.params, "inputs": protocol.inputs},
-                          protocol, protocol.valid_users, ks=(config.select_k,),
-                          block_size=config.eval_batch_size)
-      row[f"valid_{sel}"] = vm[sel]
-      if vm[sel] > best[sel]:
-        best = {sel: vm[sel], "epoch": ep,
-                "params": _copy_tree(state.params)}
-    m = jax.device_get(m)  # one host sync per epoch
-    row.update(train_loss=float(m["loss"]), beta=float(m["beta"]))
-    if not math.isfinite(row["train_loss"]):
-      raise UserError(f"{config.model} diverged at epoch {ep}; lower --learning_rate")
-    history.append(row)
-    if f"valid_{sel}" in row:
-      progress(f"{config.model} epoch {ep:4d}/{config.epochs}  loss "
-               f"{row['train_loss']:.3f}  β {row['beta']:.3f}  valid {sel} "
-               f"{row[f'valid_{sel}']:.4f}")
-  return {"model": model, "params": best["params"], "scorer": scorer,
-          "ctx": {"params": best["params"], "inputs": protocol.inputs},
-          "best_epoch": best["epoch"], "best_valid_ndcg": best[sel],
-          "history": history, "train_seconds": time.perf_counter() - t0}
+
+  def validate(params_K):
+    vm = evaluate_users(scorer, {"params": engine.member(params_K, 0),
+                                 "inputs": protocol.inputs},
+                        protocol, protocol.valid_users, ks=(config.select_k,),
+                        block_size=config.eval_batch_size)
+    return {"metric": np.array([vm[sel]]), f"valid_{sel}": np.array([vm[sel]])}
+
+  path = None if workdir is None else pathlib.Path(workdir)
+  history_path = (path or pathlib.Path(tempfile.mkdtemp())) / "metrics.jsonl"
+  try:
+    result = loop.fit(epoch_fn, state, batcher.data(rows), Hyper.from_configs([config]),
+                      epochs=config.epochs, validate=validate, patience=[0],
+                      checkpoint_dir=None if path is None else path / "checkpoints",
+                      history_paths=[history_path], resume=resume,
+                      checkpoint_every=config.eval_every, eval_every=config.eval_every,
+                      higher_is_better=True, labels=[config.model],
+                      progress=lambda line: progress(f"{config.model} {line}"))
+  except loop.TrainingDiverged:
+    raise UserError(f"{config.model} diverged; lower --learning_rate") from None
+  params = engine.member(result.best_params, 0)
+  return {"model": model, "params": params, "scorer": scorer,
+          "ctx": {"params": params, "inputs": protocol.inputs},
+          "best_epoch": int(result.best_epoch[0]),
+          "best_valid_ndcg": float(result.best_metric[0]),
+          "history": result.histories[0], "train_seconds": result.train_seconds}
 
 
 # ------------------------------------------------------------- EASE
@@ -453,7 +352,7 @@ def train_popularity(config: TopNConfig, protocol: Protocol,
 # ------------------------------------------------------------- the run
 
 def run(config: TopNConfig, workdir=None, *, protocol: Optional[Protocol] = None,
-        progress: Callable[[str], None] = print) -> dict:
+        progress: Callable[[str], None] = print, resume: bool = False) -> dict:
   """Trains/fits `config.model`, selects on validation, reports test metrics.
 
   Writes workdir/config.json, metrics.jsonl (validation history),
@@ -463,9 +362,12 @@ def run(config: TopNConfig, workdir=None, *, protocol: Optional[Protocol] = None
   config = config.validate()
   if protocol is None:
     protocol = make_protocol(config)
-  fit = {"mult_vae": train_mult, "mult_dae": train_mult, "ease": train_ease,
-         "popularity": train_popularity}[config.model]
-  out = fit(config, protocol, progress)
+  path = None if workdir is None else wd.ensure_writable(workdir)
+  if config.model in ("mult_vae", "mult_dae"):  # checkpoints + history via the loop
+    out = train_mult(config, protocol, progress, workdir=path, resume=resume)
+  else:
+    fit = {"ease": train_ease, "popularity": train_popularity}[config.model]
+    out = fit(config, protocol, progress)
   t = time.perf_counter()
   test = evaluate_users(out["scorer"], out["ctx"], protocol, protocol.test_users,
                         ks=config.ks, block_size=config.eval_batch_size)
@@ -478,19 +380,11 @@ def run(config: TopNConfig, workdir=None, *, protocol: Optional[Protocol] = None
   for key in ("best_epoch", "best_lambda", "best_valid_ndcg"):
     if key in out:
       results[key] = out[key]
-  if workdir is not None:
-    from recae_jax import workdir as wd
-    path = wd.ensure_writable(workdir)
+  if path is not None:
     wd.write_json(path / "config.json", config.to_json())
-    (path / "metrics.jsonl").write_text(
-        "".join(json.dumps(r, sort_keys=True) + "\n" for r in out["history"]))
+    if "params" not in out:  # the loop wrote the Mult-VAE/DAE history itself
+      loop.write_history(path / "metrics.jsonl", out["history"])
     wd.write_json(path / "metrics.json", results)
-    if "params" in out:  # the selected Mult-VAE/DAE parameters, via orbax
-      from recae_jax import checkpoint as ckpt_lib
-      ckpts = ckpt_lib.Checkpoints(path / "checkpoints", max_to_keep=1)
-      ckpts.save(int(out["best_epoch"]), {"params": out["params"]},
-                 {"best_epoch": out["best_epoch"], "model": config.model})
-      ckpts.close()
   results["_fitted"] = out  # in-memory only (params, scorer) for callers
   return results
 
@@ -536,9 +430,8 @@ def run_rating_ae(ae_config, protocol: Protocol, workdir, *, ks=(20, 50, 100),
                   progress: Callable[[str], None] = print) -> dict:
   """Trains a rating AE (a train.Config) on `rating_split(protocol)` and ranks
   the test users' unseen candidates by its predicted ratings."""
-  from recae_jax import recommend, restore, train
   split = rating_split(protocol, ae_config.valid_fraction or 0.05, ae_config.split_seed)
-  problem = train.build_problem(ae_config, protocol.dataset, split)
+  problem = build_problem(ae_config, protocol.dataset, split)
   metrics = train.train_and_evaluate(ae_config, workdir, problem=problem,
                                      progress=progress)
   model, params, meta = restore.restore_params(ae_config, workdir, problem)

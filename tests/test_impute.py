@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -221,3 +222,166 @@ def test_script_bad_flag(tmp_path):
   assert res.returncode == 2
   assert "Traceback" not in res.stderr
   assert res.stderr.strip().count("\n") == 0 and "neighbors" in res.stderr
+
+
+# ------------------------------------------- KNNBaseline, item orientation
+
+
+def _offset_reference(r, m, sim, k, off, positive_only=True):
+  """Koren 2010 eq. 3 / Surprise KNNBaseline, one (a, p) at a time:
+  off[a, p] + Σ w (r_bp − off[b, p]) / Σ|w| over a's k most similar raters
+  of p (ties: lower index first). off = b_ui, or mean_a for KNNWithMeans."""
+  u, n_items = r.shape
+  out = np.zeros((u, n_items))
+  for a in range(u):
+    for p in range(n_items):
+      raters = sorted((b for b in range(u) if m[b, p] and b != a),
+                      key=lambda b: (-sim[a, b], b))[:k or None]
+      num = den = 0.0
+      for b in raters:
+        w = max(sim[a, b], 0.0) if positive_only else sim[a, b]
+        num += w * (r[b, p] - off[b, p])
+        den += abs(w)
+      out[a, p] = off[a, p] + (num / den if den != 0 else 0.0)
+  return np.clip(out, 1, 5)
+
+
+@pytest.mark.parametrize("orientation", ["user", "item"])
+@pytest.mark.parametrize("metric,baseline", [("pearson_baseline", "als"),
+                                             ("pearson", "als"),
+                                             ("pearson_baseline", "none"),
+                                             ("pearson", "none")])
+def test_knn_baseline_and_orientation_match_reference(orientation, metric,
+                                                      baseline):
+  from recae_jax import baselines
+  r, m, train = _train(seed=6, integer=False)
+  kw = dict(neighbors=4, metric=metric, baseline=baseline, shrinkage=5.0,
+            positive_only=True, orientation=orientation, rating_scale=(1, 5))
+  bl = baselines.fit(train)
+  b = bl.mu + bl.b_u[:, None] + bl.b_i[None, :]
+  rr, mm, bb, t = r, m, b, train
+  if orientation == "item":
+    rr, mm, bb, t, bl = r.T, m.T, b.T, train.transpose(), bl.transpose()
+  sim = S.similarity_matrix(t, metric=metric, shrinkage=5.0,
+                            baseline=bl).astype(np.float64)
+  if baseline == "als":
+    off = bb
+  else:
+    cnt = mm.sum(1, keepdims=True)
+    mean = np.where(cnt > 0, (rr * mm).sum(1, keepdims=True)
+                    / np.maximum(cnt, 1), rr[mm].mean())
+    off = np.broadcast_to(mean, rr.shape)
+  ref = _offset_reference(rr, mm, sim, 4, off)
+  if orientation == "item":
+    ref = ref.T
+  got = impute.fill_matrix(train, keep_observed=False, block_size=7, **kw)
+  np.testing.assert_allclose(got, ref, atol=2e-5)
+  uu, ii = np.indices(r.shape)
+  pred, _ = impute.predict_pairs(train, uu.ravel(), ii.ravel(), block_size=8,
+                                 **kw)
+  np.testing.assert_allclose(pred, ref.ravel(), atol=2e-5)
+  # Top-k lists covering every other row are exactly predict_pairs.
+  full_list = (r.shape[1] if orientation == "item" else r.shape[0]) - 1
+  lst, _ = impute.predict_pairs_topk(train, uu.ravel(), ii.ravel(),
+                                     list_size=full_list, **kw)
+  np.testing.assert_allclose(lst, pred, atol=2e-5)
+
+
+def test_topk_lists_restrict_neighbours_to_the_list():
+  r, m, train = _train(seed=7, u=40, i=12, integer=False)
+  kw = dict(neighbors=3, metric="pearson_baseline", baseline="als",
+            orientation="item", shrinkage=0.0, positive_only=True,
+            rating_scale=(1, 5))
+  from recae_jax import baselines
+  bl = baselines.fit(train).transpose()
+  sim = S.similarity_matrix(train.transpose(), metric="pearson_baseline",
+                            baseline=bl).astype(np.float64)
+  L = 4  # keep each item's 4 most similar items, zero out the rest
+  order = np.lexsort((np.broadcast_to(np.arange(12), (12, 12)),
+                      -np.where(np.eye(12, dtype=bool), -np.inf, sim)))
+  keep = np.zeros_like(sim, bool)
+  np.put_along_axis(keep, order[:, :L], True, axis=1)
+  b = (bl.mu + bl.b_u[:, None] + bl.b_i[None, :])
+  ref = _offset_reference(r.T, m.T, np.where(keep, sim, -1e9), 3, b).T
+  uu, ii = np.indices(r.shape)
+  got, _ = impute.predict_pairs_topk(train, uu.ravel(), ii.ravel(),
+                                     list_size=L, chunk_size=5, **kw)
+  np.testing.assert_allclose(got, ref.ravel(), atol=2e-5)
+
+
+def test_matches_surprise_knn_baseline_if_installed():
+  """Surprise's (n-1)/(n-1+λ) shrink is 1 at λ = 0 with support >= 2."""
+  surprise = pytest.importorskip("surprise")
+  import pandas as pd
+  r, m, train = _train(seed=8, u=30, i=25, integer=False)
+  df = pd.DataFrame({"u": train.users, "i": train.items,
+                     "r": train.ratings.astype(np.float64)})
+  ts = surprise.Dataset.load_from_df(
+      df, surprise.Reader(rating_scale=(1, 5))).build_full_trainset()
+  uu, ii = np.nonzero(~m)
+  keep = np.isin(uu, train.users) & np.isin(ii, train.items)  # known ids
+  uu, ii = uu[keep], ii[keep]
+  for user_based in (True, False):
+    algo = surprise.KNNBaseline(k=5, sim_options={
+        "name": "pearson_baseline", "shrinkage": 0, "min_support": 2,
+        "user_based": user_based}, verbose=False).fit(ts)
+    theirs = [algo.predict(u, i).est for u, i in zip(uu, ii)]
+    ours, _ = impute.predict_pairs(
+        train, uu, ii, neighbors=5, metric="pearson_baseline", baseline="als",
+        min_support=2, positive_only=True, rating_scale=(1, 5),
+        orientation="user" if user_based else "item")
+    np.testing.assert_allclose(ours, theirs, atol=2e-5)
+
+
+def test_best_neighbourhood_chooses_on_validation_only():
+  rng = np.random.default_rng(9)
+  r, m, train = _train(seed=9, u=50, i=30)
+  perm = rng.permutation(len(train))
+  fit, valid = train.subset(perm[40:]), train.subset(perm[:40])
+  test = Ratings(rng.integers(0, 50, 30), rng.integers(0, 30, 30),
+                 rng.integers(1, 6, 30), np.zeros(30), 50, 30)
+  out = impute.best_neighbourhood(fit, valid, train, test, (1, 5),
+                                  progress=None)
+  rmses = [c["valid_rmse"] for c in out["candidates"]]
+  assert len(rmses) == len(impute.CANDIDATES)
+  best = out["candidates"][int(np.argmin(rmses))]["config"]
+  assert out["choice"] == best
+  cfg = {k: v for k, v in best.items()}
+  cfg["rating_scale"] = tuple(cfg["rating_scale"])
+  cfg = impute.KNNConfig(**cfg)
+  np.testing.assert_array_equal(
+      out["valid"], impute.predict_pairs(fit, valid.users, valid.items, cfg)[0])
+  np.testing.assert_array_equal(
+      out["test"], impute.predict_pairs(train, test.users, test.items, cfg)[0])
+  assert min(rmses) == pytest.approx(
+      np.sqrt(np.mean((out["valid"] - valid.ratings) ** 2)), abs=1e-6)
+  # Scrambling the test ratings changes nothing: they are never read.
+  test2 = dataclasses.replace(test, ratings=test.ratings[::-1].copy())
+  again = impute.best_neighbourhood(fit, valid, train, test2, (1, 5),
+                                    progress=None)
+  assert again["choice"] == out["choice"]
+  with pytest.raises(UserError, match="non-empty base"):
+    impute.best_neighbourhood(fit.subset(slice(0, 0)), valid, train, test,
+                              (1, 5), progress=None)
+
+
+def test_new_bad_input_and_progress():
+  r, m, train = _train(seed=10)
+  for bad in (dict(baseline="lbfgs"), dict(orientation="diagonal"),
+              dict(metric="pearson_baseline", shrinkage=-1.0)):
+    with pytest.raises(UserError):
+      impute.predict_pairs(train, [0], [0], **bad)
+  with pytest.raises(UserError, match="list_size"):
+    impute.predict_pairs_topk(train, [0], [0], list_size=0)
+  # k above the number of items (item rows): every rated item, no NaN.
+  big = impute.fill_matrix(train, neighbors=999, orientation="item",
+                           baseline="als")
+  np.testing.assert_array_equal(big, impute.fill_matrix(
+      train, neighbors=0, orientation="item", baseline="als"))
+  assert np.isfinite(big).all()
+  with pytest.raises(UserError, match="no ratings"):
+    impute.predict_pairs(Ratings([], [], [], [], 3, 3), [0], [0],
+                         baseline="als")
+  lines = []
+  impute.fill_matrix(train, block_size=4, progress=lines.append)
+  assert lines and lines[-1].startswith("fill: 30/30 rows (100%)")

@@ -121,3 +121,87 @@ def test_topk_bad_and_large_k():
     S.similarity_matrix((r, m), metric="jaccard")
   with pytest.raises(UserError, match="unknown centering"):
     S.similarity_matrix((r, m), centering="median")
+
+
+def _pearson_baseline_slow(r, m, b, shrinkage):
+  """Koren 2010 eq. 9 over co-rated items, one pair at a time."""
+  u = r.shape[0]
+  out = np.zeros((u, u))
+  for a in range(u):
+    for c in range(u):
+      co = m[a] & m[c]
+      if a == c or not co.any():
+        continue
+      x, y = r[a, co] - b[a, co], r[c, co] - b[c, co]
+      den = np.sqrt((x * x).sum() * (y * y).sum())
+      n = co.sum()
+      out[a, c] = (x * y).sum() / den * n / (n + shrinkage) if den > 0 else 0
+  return out
+
+
+@pytest.mark.parametrize("shrinkage", [0.0, 25.0])
+def test_pearson_baseline_matches_slow_reference(shrinkage):
+  from recae_jax import baselines
+  from recae_jax.data.types import Ratings
+  r, m = _random(seed=6, integer=True)
+  rows, cols = np.nonzero(m)
+  t = Ratings(rows, cols, r[rows, cols], np.zeros(len(rows)), 40, 30)
+  bl = baselines.fit(t)
+  b = bl.mu + bl.b_u[:, None] + bl.b_i[None, :]
+  ref = _pearson_baseline_slow(r, m, b, shrinkage)
+  got = S.similarity_matrix(t, metric="pearson_baseline", shrinkage=shrinkage,
+                            baseline=bl)
+  np.testing.assert_allclose(got, ref, atol=2e-5)
+  # Without baseline= the same ALS defaults are fitted on the rows as given.
+  np.testing.assert_array_equal(
+      S.similarity_matrix(t, metric="pearson_baseline", shrinkage=shrinkage),
+      got)
+  # Item rows: the user x item baseline, transposed; top-k, chunked or not.
+  bi = b.T
+  ref_i = _pearson_baseline_slow(r.T, m.T, bi, shrinkage)
+  got_i = S.similarity_matrix(t.transpose(), metric="pearson_baseline",
+                              shrinkage=shrinkage, baseline=bl.transpose())
+  np.testing.assert_allclose(got_i, ref_i, atol=2e-5)
+  for chunk in (None, 7):
+    v, i = S.topk_neighbors(t.transpose(), 5, metric="pearson_baseline",
+                            shrinkage=shrinkage, baseline=bl.transpose(),
+                            chunk_size=chunk, block_size=8)
+    np.fill_diagonal(ref_i, -np.inf)
+    np.testing.assert_allclose(v, -np.sort(-ref_i, axis=1)[:, :5], atol=2e-5)
+  with pytest.raises(UserError, match="transpose"):
+    S.similarity_matrix(t.transpose(), metric="pearson_baseline", baseline=bl)
+
+
+def test_pearson_baseline_matches_surprise_if_installed():
+  """Surprise shrinks by (n - 1) / (n - 1 + λ) and needs n >= 2; undo that."""
+  surprise = pytest.importorskip("surprise")
+  from recae_jax.data.types import Ratings
+  rng = np.random.default_rng(7)
+  m = rng.random((30, 20)) < 0.5
+  rows, cols = np.nonzero(m)
+  vals = rng.uniform(1, 5, len(rows)).astype(np.float32)
+  t = Ratings(rows, cols, vals, np.zeros(len(rows)), 30, 20)
+  df = pd.DataFrame({"u": rows, "i": cols, "r": vals.astype(np.float64)})
+  ts = surprise.Dataset.load_from_df(
+      df, surprise.Reader(rating_scale=(1, 5))).build_full_trainset()
+  algo = surprise.KNNBaseline(sim_options={"name": "pearson_baseline",
+                                           "shrinkage": 10}, verbose=False)
+  algo.fit(ts)
+  inner = [ts.to_inner_uid(u) for u in range(30)]
+  theirs = algo.sim[np.ix_(inner, inner)]
+  n = m.astype(float) @ m.T.astype(float)
+  ours = S.similarity_matrix(t, metric="pearson_baseline", shrinkage=10.0,
+                             min_support=2)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    conv = np.where(n >= 2, ours / (n / (n + 10)) * (n - 1) / (n - 1 + 10), 0)
+  off = ~np.eye(30, dtype=bool)
+  np.testing.assert_allclose(conv[off], theirs[off], atol=2e-5)
+
+
+def test_pearson_baseline_bad_input():
+  r, m = _random(seed=8)
+  with pytest.raises(UserError, match="shrinkage"):
+    S.similarity_matrix((r, m), metric="pearson_baseline", shrinkage=-1)
+  got = S.similarity_matrix((np.zeros((3, 2), np.float32),
+                             np.zeros((3, 2), bool)), metric="pearson_baseline")
+  assert np.all(got == 0)  # no ratings: nothing to fit, similarity 0

@@ -10,10 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recae_jax import losses, train
+from recae_jax import blend, engine, losses, optim, train
+from recae_jax.batching import DenseBatcher
 from recae_jax.config import make_config
 from recae_jax.errors import UserError
-from recae_jax.models import AutoEncoder, build_model, encode
+from recae_jax.models import AutoEncoder, DenseInput, build_model, encode
+from recae_jax.problem import build_problem
+from recae_jax.tasks import Hyper, RatingTask
 
 
 def _quiet(_):
@@ -40,7 +43,7 @@ def test_l2_penalty_counts_kernels_only():
 
 
 def test_accumulate_forever_sums_all_gradients():
-  tx = train.accumulate_forever()
+  tx = optim.accumulate_forever()
   state = tx.init({"w": jnp.zeros(2)})
   out = []
   for g in ([1.0, 2.0], [3.0, 4.0], [5.0, 6.0]):
@@ -52,33 +55,39 @@ def test_accumulate_forever_sums_all_gradients():
 def test_model_shapes_tied_side_and_encoder():
   x = jnp.ones((4, 30))
   side = jnp.ones((4, 5))
-  untied = AutoEncoder(n_outputs=30, layers=(8, 4))
-  tied = AutoEncoder(n_outputs=30, layers=(8, 4), tied=True)
-  p_u = untied.init(jax.random.PRNGKey(0), x, x != 0, side)["params"]
-  p_t = tied.init(jax.random.PRNGKey(0), x, x != 0, side)["params"]
+  untied = AutoEncoder(n_outputs=30, layers=(8, 4), n_side=5)
+  tied = AutoEncoder(n_outputs=30, layers=(8, 4), n_side=5, tied=True)
+  p_u = untied.init(jax.random.PRNGKey(0))
+  p_t = tied.init(jax.random.PRNGKey(0))
   assert p_u["enc_0_kernel"].shape == (35, 8)  # side features enter the input only
   assert p_u["dec_1_kernel"].shape == (8, 30)
   assert "dec_1_kernel" not in p_t and p_t["dec_1_bias"].shape == (30,)
-  assert tied.apply({"params": p_t}, x, x != 0, side).shape == (4, 30)
+  assert tied.apply(p_t, DenseInput(x, x != 0, side)).shape == (4, 30)
+  # the outputs at pairs (the sparse path's last layer) are the full outputs' entries
+  full = untied.apply(p_u, DenseInput(x, x != 0, side))
+  rows, cols = jnp.array([0, 3, 3]), jnp.array([29, 0, 7])
+  np.testing.assert_allclose(untied.apply(p_u, DenseInput(x, x != 0, side), at=(rows, cols)),
+                             full[rows, cols], rtol=1e-5)
   assert encode(untied, p_u, x, side).shape == (4, 4)
 
 
 def test_epoch_compiles_once_with_ragged_last_batch(tiny):
   ds, split = tiny
   cfg = make_config("autorec", layers=(16,), batch_size=7, epochs=3)
-  problem = train.build_problem(cfg, ds, split)
+  problem = build_problem(cfg, ds, split)
   n_rows = int(problem.fit_data.train_rows.shape[0])
   assert n_rows % 7, "the test needs a ragged last batch"
-  model = build_model(cfg, problem.n_cols)
-  tx = train.make_optimizer(cfg, steps_per_epoch=-(-n_rows // 7))
-  epoch_fn = train.make_train_epoch(model, tx, cfg, 7)
-  state = train.init_state(model, tx, problem.fit_data, 0)
-  before = train.TRACE_COUNTS["train_epoch"]
+  task = RatingTask.from_config(cfg, build_model(cfg, problem.n_cols))
+  tx = optim.make_optimizer(cfg, steps_per_epoch=-(-n_rows // 7))
+  epoch_fn = engine.make_epoch(task, tx, DenseBatcher(7))
+  state = engine.init_state(task, tx, [0], 0)
+  hyper = Hyper.from_configs([cfg])
+  before = engine.TRACE_COUNTS["train_epoch"]
   losses_seen = []
   for _ in range(4):
-    state, m = epoch_fn(state, problem.fit_data)
-    losses_seen.append(float(m["loss"]))
-  assert train.TRACE_COUNTS["train_epoch"] - before == 1
+    state, m = epoch_fn(state, problem.fit_data, hyper)
+    losses_seen.append(float(m["loss"][0]))
+  assert engine.TRACE_COUNTS["train_epoch"] - before == 1
   assert int(state.step) == 4 * -(-n_rows // 7)
   assert losses_seen[-1] < losses_seen[0]
 
@@ -89,7 +98,7 @@ def test_train_and_evaluate_beats_global_mean(tiny, tmp_path, orientation):
   cfg = make_config("autorec", orientation=orientation, layers=(32,), l2=1e-3,
                     learning_rate=1e-2, batch_size=16, epochs=60, patience=0)
   res = train.train_and_evaluate(cfg, tmp_path, progress=_quiet,
-                                 problem=train.build_problem(cfg, ds, split))
+                                 problem=build_problem(cfg, ds, split))
   train_r = split.train.concat(split.valid).ratings
   baseline = np.sqrt(np.mean((split.test.ratings - train_r.mean()) ** 2))
   assert res["test_rmse"] < 0.9 * baseline, (res["test_rmse"], baseline)
@@ -116,7 +125,7 @@ def test_fallback_pairs_are_counted(tiny, tmp_path):
   assert expect > 0
   cfg = make_config("autorec", layers=(8,), epochs=2, batch_size=16)
   res = train.train_and_evaluate(cfg, tmp_path, progress=_quiet,
-                                 problem=train.build_problem(cfg, ds, split))
+                                 problem=build_problem(cfg, ds, split))
   assert res["n_test_fallback"] == expect
   assert np.isfinite(res["test_rmse"])
 
@@ -129,7 +138,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tiny, tmp_path):
   ds, split = tiny
   cfg = make_config("autorec", layers=(16,), batch_size=16, epochs=8,
                     checkpoint_every=3, learning_rate=1e-2, input_dropout=0.1)
-  problem = train.build_problem(cfg, ds, split)
+  problem = build_problem(cfg, ds, split)
   full = train.train_and_evaluate(cfg, tmp_path / "a", progress=_quiet, problem=problem)
 
   def crash_at_5(line):
@@ -154,17 +163,17 @@ def test_resume_refuses_a_different_config(tiny, tmp_path):
   ds, split = tiny
   cfg = make_config("autorec", layers=(8,), epochs=2, batch_size=16)
   train.train_and_evaluate(cfg, tmp_path, progress=_quiet,
-                           problem=train.build_problem(cfg, ds, split))
+                           problem=build_problem(cfg, ds, split))
   other = dataclasses.replace(cfg, layers=(9,))
   with pytest.raises(UserError, match="different config.*layers"):
     train.train_and_evaluate(other, tmp_path, resume=True, progress=_quiet,
-                             problem=train.build_problem(other, ds, split))
+                             problem=build_problem(other, ds, split))
 
 
 def test_nan_stops_training_and_keeps_last_checkpoint(tiny, tmp_path):
   ds, split = tiny
   cfg = make_config("autorec", layers=(8,), epochs=2, batch_size=16, checkpoint_every=1)
-  problem = train.build_problem(cfg, ds, split)
+  problem = build_problem(cfg, ds, split)
   train.train_and_evaluate(cfg, tmp_path, progress=_quiet, problem=problem)
   # Poison the training data, then continue: epoch 3 must stop the run.
   src = problem.fit_data.source
@@ -184,7 +193,7 @@ def test_optimizers_and_schedules_build():
     for sched in ("constant", "step", "cosine"):
       cfg = make_config(None, optimizer=opt, schedule=sched, decay_epochs=2,
                         weight_decay=0.1, grad_clip=1.0)
-      tx = train.make_optimizer(cfg, steps_per_epoch=5)
+      tx = optim.make_optimizer(cfg, steps_per_epoch=5)
       upd, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
       assert np.all(np.isfinite(np.asarray(upd["w"])))
 
@@ -227,14 +236,14 @@ def _run(tiny, tmp_path, name, **kw):
   cfg = make_config("autorec", layers=(32,), l2=1e-3, learning_rate=1e-2,
                     batch_size=16, **kw)
   return train.train_and_evaluate(cfg, tmp_path / name, progress=_quiet,
-                                  problem=train.build_problem(cfg, ds, split))
+                                  problem=build_problem(cfg, ds, split))
 
 
 def test_sparse_compute_matches_dense_with_the_same_batches(tiny, tmp_path):
   dense = _run(tiny, tmp_path, "dense", epochs=15)
   sparse_ = _run(tiny, tmp_path, "sparse", epochs=15, compute="sparse",
                  sparse_batching="uniform")
-  assert sparse_["compute"]["compute"] == "sparse"
+  assert sparse_["compute"] == "sparse"
   assert sparse_["test_rmse"] == pytest.approx(dense["test_rmse"], abs=1e-4)
 
 
@@ -245,7 +254,8 @@ def test_sparse_stratified_and_auto_compute_learn(tiny, tmp_path):
   strat = _run(tiny, tmp_path, "strat", epochs=60, compute="sparse")
   assert strat["test_rmse"] < 0.9 * baseline
   auto = _run(tiny, tmp_path, "auto", epochs=2, compute="auto")
-  assert auto["compute"]["compute"] == auto["compute"]["choice"] in ("dense", "sparse")
+  assert auto["compute"] == auto["compute_info"]["compute"] in ("dense", "sparse")
+  assert auto["compute_info"]["dense_epoch_seconds"] > 0
 
 
 def test_bfloat16_compute_trains_close_to_float32(tiny, tmp_path):
@@ -257,8 +267,8 @@ def test_bfloat16_compute_trains_close_to_float32(tiny, tmp_path):
   # the matmuls really run in bfloat16 (XLA on CPU may keep excess precision)
   model = AutoEncoder(n_outputs=6, layers=(4,), compute_dtype="bfloat16")
   x = jnp.ones((2, 6))
-  params = model.init(jax.random.PRNGKey(0), x, x != 0)
-  assert "bf16" in str(jax.make_jaxpr(lambda p: model.apply(p, x, x != 0))(params))
+  params = model.init(jax.random.PRNGKey(0))
+  assert "bf16" in str(jax.make_jaxpr(lambda p: model.apply(p, DenseInput(x, x != 0)))(params))
 
 
 def test_workdir_records_provenance(tiny, tmp_path):
@@ -290,7 +300,7 @@ def test_ensemble_blends_members_on_validation(tmp_path):
   cfg = make_config("autorec", dataset=str(csv), split="random", test_fraction=0.2,
                     valid_fraction=0.1, layers=(16,), learning_rate=1e-2, batch_size=16,
                     epochs=8, ensemble=2, blend_uautorec=True)
-  res = train.train_and_evaluate(cfg, tmp_path / "ens", progress=_quiet)
+  res = blend.train_and_evaluate_blend(cfg, tmp_path / "ens", progress=_quiet)
   assert set(res["components"]) == {"autoencoder_mean", "uautorec"}
   assert len(res["member_test_rmse"]) == 2 and np.isfinite(res["test_rmse"])
   # the blend is fitted on validation, so it is no worse there than either part
