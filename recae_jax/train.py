@@ -64,12 +64,17 @@ def check_workdir(config_json: dict, workdir: pathlib.Path, resume: bool) -> Non
   if path.exists():
     old = json.loads(path.read_text())
     new = json.loads(json.dumps(config_json))  # tuples as JSON lists, like `old`
-    if "members" in new:
-      diff = [] if old == new else ["members"]
+    defaults = Config().to_json()  # fields added since that run keep their defaults
+    changed = lambda o, n: {k for k in n if o.get(k, defaults.get(k)) != n[k]
+                            and k not in _RESUMABLE_CHANGES}
+    if "members" in new:  # a sweep: its base and every member
+      if len(old.get("members", [])) != len(new["members"]):
+        diff = ["members"]
+      else:
+        diff = sorted(set().union(changed(old.get("base", {}), new["base"]), *(
+            changed(o, n) for o, n in zip(old["members"], new["members"]))))
     else:
-      defaults = Config().to_json()  # fields added since that run keep their defaults
-      diff = sorted(k for k in new if old.get(k, defaults.get(k)) != new[k]
-                    and k not in _RESUMABLE_CHANGES)
+      diff = sorted(changed(old, new))
     if diff:
       raise UserError(f"workdir {workdir} holds a run with a different config "
                       f"({', '.join(diff)}); use a new --workdir")

@@ -1,4 +1,4 @@
-"""Sweeps: a vmapped member == the same config trained alone; ensembles; script."""
+"""Sweeps: a member == the same config trained alone (dropout included); ensembles; script."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recae_jax import sweep, train
+from recae_jax import engine, optim, sweep, train
+from recae_jax.batching import DenseBatcher
 from recae_jax.config import make_config
 from recae_jax.data import sparse
 from recae_jax.errors import UserError
 from recae_jax.models import build_model
+from recae_jax.problem import build_problem
+from recae_jax.tasks import Hyper, RatingTask
 
 
 def _quiet(_):
@@ -41,45 +44,87 @@ def test_member_matches_lone_run_with_shared_order(tiny):
   base = make_config("autorec", orientation="user", layers=(16,), batch_size=32,
                      epochs=1)
   configs = sweep.member_configs(base, sweep.parse_sweep(
-      "seed=0,3;learning_rate=1e-3,3e-3;l2=0,1e-2", mode="zip") + [
-          {"seed": 5, "learning_rate": 2e-3, "l2": 1e-3}])
-  problem = train.build_problem(base, dataset, split)
+      "seed=0,3;learning_rate=1e-3,3e-3;l2=0,1e-2;dropout=0.3,0;input_dropout=0,0.2",
+      mode="zip") + [{"seed": 5, "learning_rate": 2e-3, "l2": 1e-3, "dropout": 0.5}])
+  problem = build_problem(base, dataset, split)
   # CSR rows, the general path (tiny would fit the dense budget).
   data = dataclasses.replace(problem.fit_data, source=sparse.make_row_source(
       sparse.ratings_to_csr(split.train, "user"), force="csr"))
-  model = build_model(base, problem.n_cols)
   n_rows = int(data.train_rows.shape[0])
-  steps = -(-n_rows // base.batch_size)
-  st = sweep._static(base, configs)
-  tx = sweep.make_sweep_optimizer(base, steps)
-  hyper = sweep.Hyper.from_configs(configs)
-  state = sweep.init_sweep_state(model, tx, data, configs, order_seed=0)
-  order_rng = jnp.copy(state.order_rng)  # the epoch donates state
+  tx = optim.make_optimizer(base, -(-n_rows // base.batch_size))
+  model = build_model(base, problem.n_cols, members=tuple(configs))
+  task = RatingTask.from_config(base, model, configs)
+  hyper = Hyper.from_configs(configs)
+  batcher = DenseBatcher(base.batch_size)
+  state = engine.init_state(task, tx, [c.seed for c in configs], order_seed=0)
   state1 = jax.tree.map(jnp.copy, state)
-  # side by side (one shared-input GEMM) and one member at a time (the CPU default)
-  state, metrics = sweep.make_sweep_epoch(st, tx, base, base.batch_size, group_size=3)(
-      state, data, hyper)
-  state1, metrics1 = sweep.make_sweep_epoch(st, tx, base, base.batch_size, group_size=1)(
-      state1, data, hyper)
+  # side by side (vmap) and one member at a time (the CPU default)
+  state, metrics = engine.make_epoch(task, tx, batcher, group_size=3)(state, data, hyper)
+  state1, metrics1 = engine.make_epoch(task, tx, batcher, group_size=1)(state1, data, hyper)
   for a, b in zip(jax.tree.leaves((state, metrics)), jax.tree.leaves((state1, metrics1))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
-  # The same batch order, replayed through the engine's own train_step.
-  rows = sweep.epoch_rows(jax.random.split(order_rng)[1], data.train_rows, data.n_rows,
-                          base.batch_size, True)
-  for k in (1, 2):  # a lone run compiles per config: check two of three
-    cfg = configs[k]
-    tx_k = train.make_optimizer(cfg, steps)
-    lone = train.init_state(model, tx_k, data, cfg.seed)
-    step = jax.jit(train.make_train_step(model, tx_k, cfg))
-    losses_ = []
-    for r in rows:
-      lone, (loss, _, _) = step(lone, r, data)
-      losses_.append(float(loss))
-    got = jax.tree.map(lambda x: x[k], state.params)
-    for name in lone.params:
-      np.testing.assert_allclose(np.asarray(got[name]), np.asarray(lone.params[name]),
-                                 rtol=2e-4, atol=2e-5, err_msg=f"member {k} {name}")
-    np.testing.assert_allclose(float(metrics["loss"][k]), np.mean(losses_), rtol=1e-4)
+  # Each member equals a lone run of its own config (its own model, task and
+  # optimizer) with the sweep's batch order: dropout masks included.
+  for k, cfg in enumerate(configs):
+    lone_task = RatingTask.from_config(cfg, build_model(cfg, problem.n_cols))
+    lone = engine.init_state(lone_task, tx, [cfg.seed], order_seed=0)
+    lone, m = engine.make_epoch(lone_task, tx, batcher)(lone, data,
+                                                       Hyper.from_configs([cfg]))
+    got = engine.member(state1.params, k)
+    for name, want in engine.member(lone.params, 0).items():
+      np.testing.assert_allclose(np.asarray(got[name]), np.asarray(want),
+                                 rtol=1e-6, atol=1e-7, err_msg=f"member {k} {name}")
+    assert float(metrics1["loss"][k]) == pytest.approx(float(m["loss"][0]), rel=1e-6)
+
+
+def test_sweep_members_match_lone_train_and_evaluate(tiny, tmp_path):
+  # End to end: a member's whole history and test RMSE are the lone run's.
+  dataset, split = tiny
+  base = make_config("autorec", layers=(16,), batch_size=32, epochs=3,
+                     learning_rate=1e-2)
+  configs = sweep.member_configs(base, sweep.parse_sweep(
+      "l2=0,1e-2;dropout=0.4,0", mode="zip"))
+  problem = build_problem(base, dataset, split)
+  sweep.run_sweep(base, configs, tmp_path / "sweep", progress=_quiet, problem=problem)
+  for k, cfg in enumerate(configs):
+    lone = train.train_and_evaluate(cfg, tmp_path / f"lone{k}", progress=_quiet,
+                                    problem=problem)
+    mdir = tmp_path / "sweep" / "members" / f"k{k:02d}"
+    got = json.loads((mdir / "metrics.json").read_text())
+    assert got["test_rmse"] == pytest.approx(lone["test_rmse"], abs=1e-6)
+    assert got["best_epoch"] == lone["best_epoch"]
+    rows = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(rows(mdir), rows(tmp_path / f"lone{k}")):
+      assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+      assert a["valid_rmse"] == pytest.approx(b["valid_rmse"], rel=1e-6)
+
+
+def test_sparse_sweep_on_the_sparse_path(tiny, tmp_path):
+  dataset, split = tiny
+  base = make_config("autorec", layers=(16,), batch_size=32, epochs=2,
+                     compute="sparse", learning_rate=1e-2)
+  configs = sweep.member_configs(base, sweep.parse_sweep("seed=0,1;l2=0,1e-2", "zip"))
+  res = sweep.run_sweep(base, configs, tmp_path, progress=_quiet,
+                        problem=build_problem(base, dataset, split))
+  assert res["compute"] == "sparse"
+  assert all(np.isfinite(res["member_test_rmse"]))
+
+
+def test_sweep_resumes_from_its_checkpoint(tiny, tmp_path):
+  dataset, split = tiny
+  base = make_config("autorec", layers=(8,), batch_size=32, epochs=4, checkpoint_every=2,
+                     learning_rate=1e-2)
+  configs = sweep.member_configs(base, sweep.parse_sweep("l2=0,1e-2"))
+  problem = build_problem(base, dataset, split)
+  full = sweep.run_sweep(base, configs, tmp_path / "a", progress=_quiet, problem=problem)
+  short = dataclasses.replace(base, epochs=2)
+  sweep.run_sweep(short, sweep.member_configs(short, sweep.parse_sweep("l2=0,1e-2")),
+                  tmp_path / "b", progress=_quiet, problem=problem)
+  lines = []
+  resumed = sweep.run_sweep(base, configs, tmp_path / "b", progress=lines.append,
+                            problem=problem, resume=True)
+  assert any("resumed from epoch 2" in x for x in lines)
+  assert resumed["member_test_rmse"] == pytest.approx(full["member_test_rmse"], abs=1e-6)
 
 
 def test_ensemble_report_is_mean_and_top_k_on_valid():
@@ -106,8 +151,7 @@ def test_run_sweep_writes_member_workdirs(tiny, tmp_path):
       "seed=0,1;l2=1e-3,1e-2;input_dropout=0,0.2;dropout=0,0.5", mode="zip") + [
           {"seed": 2, "l2": 3e-3, "input_dropout": 0.0, "dropout": 0.0},
           {"seed": 0, "l2": 1e-3, "input_dropout": 0.0, "dropout": 0.5}])
-  assert sweep._static(base, configs).perturbs_input
-  problem = train.build_problem(base, dataset, split)
+  problem = build_problem(base, dataset, split)
   res = sweep.run_sweep(base, configs, tmp_path, progress=_quiet, problem=problem)
   assert res["n_members"] == 4
   for k in range(4):
