@@ -267,13 +267,15 @@ def test_bad_values_name_file_line_column(tmp_path):
   cases = {
       "u2,i1,great,2014-05-23,ok\n": "rating 'great' is not a number",
       "u2,i1,,2014-05-23,ok\n": "rating is empty",
-      "u2,i1,inf,2014-05-23,ok\n": "rating 'inf' is not finite",
+      "u2,i1,inf,2014-05-23,ok\n": "rating inf is not finite",
       "u2,i1,3,yesterday,ok\n": "timestamp 'yesterday' is not Unix seconds "
                                 "or an ISO-8601 date",
       "u2,i1,3,1400000000,ok\n": "mixes the two",
       "u2,i1,3,2014-13-45,ok\n": "timestamp '2014-13-45' is not",
       ",i1,3,2014-05-23,ok\n": "user id is empty",
-      "u2,i1\n": "rating is empty",
+      "u2,i1,3,2014-05-23\n": "expected 5 ','-separated fields",
+      "u2,i1\n": "found 2 fields",
+      "\n": "found an empty line",
       "u2,i1,3,2014-05-23,ok,more\n": "found 6 fields",
       '"u2,i1,3,2014-05-23,ok\n': "a quoted field starts here and never ends",
   }
@@ -286,6 +288,16 @@ def test_bad_values_name_file_line_column(tmp_path):
                 'u2,i1,x,2014-05-23,ok\n')
   msg = _error(load_dataset, path)
   assert "line 4 (column 'rating')" in msg
+  # A stray '"' inside an unquoted field is literal (as in pandas); rows can
+  # then only be named by their position.
+  path = _write(tmp_path, head + 'u1,i1,4,2014-05-23,12" vinyl\n'
+                'u2,i1,3,2014-05-23,ok\n')
+  ds = load_dataset(path)
+  assert _triples(ds) == {("u1", "i1", 4.0, 1400803200),
+                          ("u2", "i1", 3.0, 1400803200)}
+  path = _write(tmp_path, head + 'u1,i1,4,2014-05-23,12" vinyl\n'
+                'u2,i1,x,2014-05-23,ok\n')
+  assert "data row 2 (column 'rating')" in _error(load_dataset, path)
 
 
 def test_duplicates_in_string_id_file(tmp_path):

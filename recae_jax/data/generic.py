@@ -15,10 +15,12 @@ header). Other columns are ignored. A file without a header is
 `user,item,rating[,timestamp]` as before, and a 3- or 4-column header none of
 whose names is known is read in that order too.
 
-Ids: a column whose every id is an integer (at most 18 digits, no leading
-zeros) gives int64 `user_ids`/`item_ids` in numeric order, as before; any other
-column keeps its ids as strings (object array, sorted), so `Dataset.user_ids[i]`
-is always the original id of index i. Ratings must be numbers; the rating
+Ids: a column whose every id is an integer that fits int64 and prints back
+as written (no leading zeros or '+') gives int64 `user_ids`/`item_ids` in
+numeric order, as before; any other column keeps its ids as strings (object
+array of str, sorted, surrounding spaces stripped), so `Dataset.user_ids[i]`
+is always the original id of index i. (The typed fast path for plain numeric
+files reads '007' as 7, as it always has.) Ratings must be numbers; the rating
 scale is (min, max) of the ratings. Timestamps are Unix seconds (integers, or
 numbers floored) or ISO-8601 dates/times (`2014-05-23`,
 `2014-05-23T10:00:00+02:00`; naive ones are UTC) and become int64 Unix seconds.
@@ -63,8 +65,6 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 PARQUET_SUFFIXES = (".parquet", ".pq")
 COLUMNS_FORMAT = "user=COL,item=COL,rating=COL[,timestamp=COL]"
-# Integer ids that read back exactly as written: no leading zeros or '+'.
-_CANONICAL_INT = r"\s*-?(?:0|[1-9]\d{0,17})\s*"
 _NUMBER_INT = r"\s*[+-]?\d{1,18}\s*"  # movielens._INT_RE: timestamps
 _CHUNK = 1 << 19  # rows per pandas chunk when reading quoted CSV/TSV
 
@@ -210,35 +210,51 @@ def _lines_from(first: int) -> Callable[[np.ndarray], np.ndarray]:
 # -------------------------------------------------------------- columns
 
 
-def _strings(values, where: _Where, what: str, column) -> pd.Series:
-  """Stripped str Series; missing or empty values are an error."""
-  s = pd.Series(values, copy=False)
-  s = s.reset_index(drop=True)
-  missing = s.isna().to_numpy(bool)
-  if s.dtype != object and not pd.api.types.is_string_dtype(s.dtype):
-    s = s.astype(object)
-  s = s.astype(str).str.strip()
-  empty = missing | (s.str.len().to_numpy() == 0)
-  bad = np.flatnonzero(empty)
+def _array(values) -> np.ndarray:
+  if isinstance(values, (pd.Series, pd.Index)):
+    return values.to_numpy()
+  return np.asarray(values)
+
+
+def _factorized(values, where: _Where, what: str,
+                column) -> tuple[np.ndarray, pd.Series]:
+  """(code of each row, its distinct values as stripped str).
+
+  String work (strip, regex, number parsing) then runs on the distinct
+  values only (thousands of ids, a few ratings), not on every row: the rows
+  just index the converted values. Missing or empty values are an error.
+  """
+  codes, uniques = pd.factorize(np.asarray(_array(values), dtype=object))
+  text = pd.Series(np.asarray(uniques, dtype=object), dtype=object)
+  text = text.astype(str).str.strip()
+  empty = np.append(text.str.len().to_numpy() == 0, True)  # code -1: NaN
+  bad = np.flatnonzero(empty[codes])
   if len(bad):
     raise UserError(f"{where.at(bad[0], column)}: {what} is empty (a blank "
                     f"line or a missing field?); every row needs a {what}")
-  return s
+  return codes, text
+
+
+def _first_row(codes: np.ndarray, bad_values: np.ndarray) -> int:
+  return int(np.flatnonzero(bad_values[codes])[0])
 
 
 def ids_column(values, where: _Where, what: str,
                column=None) -> tuple[np.ndarray, np.ndarray]:
   """(original ids sorted, int32 index of each row's id).
 
-  Integer columns (or strings that are all integers without leading zeros)
-  give int64 ids like the MovieLens loaders; anything else keeps the ids as
-  str in an object array.
+  Integer columns (or strings that are all integers printed plainly: no
+  leading zeros or '+') give int64 ids like the MovieLens loaders; anything
+  else keeps the ids as str in an object array (surrounding spaces
+  stripped).
   """
   from recae_jax.data.movielens import _remap
-  arr = values.to_numpy() if isinstance(values, (pd.Series, pd.Index)) else (
-      np.asarray(values))
+  arr = _array(values)
   if arr.dtype.kind in "iu":
-    return _remap(arr.astype(np.int64))
+    if arr.dtype.kind == "u" and len(arr) and arr.max() >= 2**63:
+      arr = arr.astype(str)  # too big for int64: keep them as strings
+    else:
+      return _remap(arr.astype(np.int64))
   if arr.dtype.kind == "f":
     bad = np.flatnonzero(~np.isfinite(arr))
     if len(bad):
@@ -246,29 +262,35 @@ def ids_column(values, where: _Where, what: str,
                       f" every row needs a {what}")
     if np.all(arr == np.round(arr)) and np.all(np.abs(arr) < 2.0**53):
       return _remap(arr.astype(np.int64))
-  s = _strings(values, where, what, column)
-  if s.str.fullmatch(_CANONICAL_INT).all():
-    return _remap(s.astype(np.int64).to_numpy())
-  codes, uniques = pd.factorize(s, sort=True)
-  return np.asarray(uniques, dtype=object), codes.astype(np.int32)
+  codes, text = _factorized(values, where, what, column)
+  raw = text.to_numpy(dtype=object)
+  try:  # C-speed int(); kept only if every id prints back as written
+    ints = raw.astype(np.int64)
+    if (ints.astype(str) == raw.astype(str)).all():
+      return _remap(ints[codes])
+  except (ValueError, TypeError, OverflowError):
+    pass
+  # Distinct raw values may strip to the same id: factorize once more.
+  merged, ids = pd.factorize(text, sort=True)
+  return np.asarray(ids, dtype=object), merged[codes].astype(np.int32)
 
 
 def ratings_column(values, where: _Where, column=None,
                    scale: Optional[tuple[float, float]] = None) -> np.ndarray:
   """float32 ratings; not a number / not finite / off `scale` -> error."""
-  arr = values.to_numpy() if isinstance(values, (pd.Series, pd.Index)) else (
-      np.asarray(values))
+  arr = _array(values)
   if arr.dtype.kind in "iuf":
     raw, num = None, arr.astype(np.float64)
   else:
-    raw = _strings(values, where, "rating", column)
-    num = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64)
-    bad = np.flatnonzero(np.isnan(num))
-    if len(bad):
+    codes, text = _factorized(values, where, "rating", column)
+    num_u = pd.to_numeric(text, errors="coerce").to_numpy(np.float64)
+    if np.isnan(num_u).any():
+      row = _first_row(codes, np.isnan(num_u))
       raise UserError(
-          f"{where.at(bad[0], column)}: rating {_show(raw.iloc[bad[0]])} is "
-          f"not a number; ratings must be numeric (choose another column "
+          f"{where.at(row, column)}: rating {_show(text.iloc[codes[row]])} "
+          f"is not a number; ratings must be numeric (choose another column "
           f"with --columns=rating=COL)")
+    raw, num = (codes, text), num_u[codes]
   bad = np.flatnonzero(np.isnan(num))
   if len(bad):
     raise UserError(f"{where.at(bad[0], column)}: rating is missing (NaN); "
@@ -276,7 +298,8 @@ def ratings_column(values, where: _Where, column=None,
   out = num.astype(np.float32)
   bad = np.flatnonzero(~np.isfinite(out))
   if len(bad):
-    shown = _show(raw.iloc[bad[0]]) if raw is not None else f"{num[bad[0]]:g}"
+    shown = (_show(raw[1].iloc[raw[0][bad[0]]]) if raw is not None else
+             f"{num[bad[0]]:g}")
     raise UserError(f"{where.at(bad[0], column)}: rating {shown} is not "
                     f"finite; every rating must be a finite number")
   if scale is not None:
@@ -297,6 +320,15 @@ def _datetimes_to_seconds(dt: pd.Series) -> np.ndarray:
   return dt.dt.floor("s").dt.as_unit("s").astype(np.int64).to_numpy()
 
 
+def _numbers_to_seconds(num: np.ndarray, where: _Where, column) -> np.ndarray:
+  ok = np.isfinite(num) & (np.abs(num) < 2.0**62)
+  bad = np.flatnonzero(~ok)
+  if len(bad):
+    raise UserError(f"{where.at(bad[0], column)}: timestamp {num[bad[0]]:g} "
+                    f"is not {_ISO_HINT}")
+  return np.floor(num).astype(np.int64)
+
+
 def timestamps_column(values, where: _Where, column=None) -> np.ndarray:
   """int64 Unix seconds from numbers, datetimes or ISO-8601 strings."""
   s = values if isinstance(values, pd.Series) else pd.Series(values)
@@ -307,39 +339,34 @@ def timestamps_column(values, where: _Where, column=None) -> np.ndarray:
       raise UserError(f"{where.at(bad[0], column)}: timestamp is missing "
                       f"(NaT); every row needs one, or drop the timestamp")
     return _datetimes_to_seconds(s)
-  if s.dtype.kind in "iu":
+  if s.dtype.kind == "i" or (s.dtype.kind == "u" and (
+      len(s) == 0 or s.max() < 2**62)):
     return s.to_numpy().astype(np.int64)
-  if s.dtype.kind == "f":
-    num, raw = s.to_numpy(np.float64), None
-  else:
-    raw = _strings(s, where, "timestamp", column)
-    if raw.str.fullmatch(_NUMBER_INT).all():
-      return raw.astype(np.int64).to_numpy()
-    num = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64)
-  ok = np.isfinite(num) & (np.abs(num) < 2.0**62)
-  if ok.all():
-    return np.floor(num).astype(np.int64)
-  if raw is None:
-    bad = np.flatnonzero(~ok)
-    raise UserError(f"{where.at(bad[0], column)}: timestamp {num[bad[0]]:g} "
-                    f"is not {_ISO_HINT}")
-  is_num = ~np.isnan(num)
-  if is_num.any():  # some numbers, some not: name the first odd one out
-    kind0 = is_num[0]
-    row = int(np.flatnonzero(is_num != kind0)[0]) if (
-        is_num != kind0).any() else int(np.flatnonzero(~ok)[0])
-    raise UserError(f"{where.at(row, column)}: timestamp "
-                    f"{_show(raw.iloc[row])} is not {_ISO_HINT}, or the column"
-                    f" mixes the two (use one kind per column)")
+  if s.dtype.kind in "uf":
+    return _numbers_to_seconds(s.to_numpy(np.float64), where, column)
+  codes, text = _factorized(s, where, "timestamp", column)
+  if text.str.fullmatch(_NUMBER_INT).all():
+    return text.astype(np.int64).to_numpy()[codes]
   try:
-    dt = pd.to_datetime(raw, format="ISO8601", utc=True, errors="coerce")
+    dt = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
   except (ValueError, OverflowError, TypeError):  # pandas edge cases
-    dt = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]")
-  bad = np.flatnonzero(dt.isna().to_numpy())
-  if len(bad):
-    raise UserError(f"{where.at(bad[0], column)}: timestamp "
-                    f"{_show(raw.iloc[bad[0]])} is not {_ISO_HINT}")
-  return _datetimes_to_seconds(dt)
+    dt = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
+  not_date = dt.isna().to_numpy()
+  if not not_date.any():
+    return _datetimes_to_seconds(dt)[codes]
+  num_u = pd.to_numeric(text, errors="coerce").to_numpy(np.float64)
+  is_num = ~np.isnan(num_u)
+  if is_num.all():  # e.g. float seconds
+    return _numbers_to_seconds(num_u, where, column)[codes]
+  if is_num.any():  # some numbers, some not: name the first odd one out
+    rows_num = is_num[codes]
+    row = int(np.flatnonzero(rows_num != rows_num[0])[0])
+    raise UserError(f"{where.at(row, column)}: timestamp "
+                    f"{_show(text.iloc[codes[row]])} is not {_ISO_HINT}, or "
+                    f"the column mixes the two (use one kind per column)")
+  row = _first_row(codes, not_date)
+  raise UserError(f"{where.at(row, column)}: timestamp "
+                  f"{_show(text.iloc[codes[row]])} is not {_ISO_HINT}")
 
 
 def _dedupe(where: _Where, users, items, ts, n_items, user_ids, item_ids,
@@ -461,15 +488,40 @@ def _header_fields(first: str, sep: str) -> list[str]:
   return first.split() if sep == " " else first.split(sep)
 
 
-def _record_lines(path: pathlib.Path, skip: int) -> np.ndarray:
-  """Line number of each CSV record after `skip` header records: newlines
-  inside double quotes do not end a record. Only run to name an error."""
-  b = np.frombuffer(path.read_bytes(), np.uint8)
-  nl = np.flatnonzero(b == 10)
-  quotes = np.cumsum(b == 34)
-  ends = nl[quotes[nl] % 2 == 0]
-  starts = np.concatenate([[0], ends + 1])
-  return (np.searchsorted(nl, starts) + 1)[skip:]
+@dataclasses.dataclass(frozen=True)
+class _Records:
+  """Where each CSV record starts and how many fields it has (bytes scan)."""
+  lines: np.ndarray   # int64: physical line number of each record's start
+  fields: np.ndarray  # int64: separators outside quotes + 1; 0 when blank
+
+
+def _scan_records(data: bytes, sep: str) -> _Records:
+  """Vectorized record scan of CSV text: a '"' toggles quoting, separators
+  and newlines inside quotes belong to the field. Agrees with pandas' C
+  parser on well-quoted files; the caller checks that (same row count)
+  before trusting it, since a stray '"' inside an unquoted field is literal
+  to pandas but toggles here."""
+  b = np.frombuffer(data, np.uint8)
+  newline = b == 10
+  if data.find(b'"') >= 0:
+    outside = ~np.logical_xor.accumulate(b == 34)
+    ends = np.flatnonzero(newline & outside)
+    seps = np.flatnonzero((b == ord(sep)) & outside)
+  else:  # no quotes: every newline ends a record
+    ends = np.flatnonzero(newline)
+    seps = np.flatnonzero(b == ord(sep))
+  n_newlines = int(newline.sum()) if len(ends) else 0
+  all_nl = None if len(ends) == n_newlines else np.flatnonzero(newline)
+  if len(b) and (not len(ends) or ends[-1] != len(b) - 1):
+    ends = np.append(ends, len(b))  # last line without a newline
+  starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+  fields = np.diff(np.searchsorted(seps, ends), prepend=0) + 1
+  length = ends - starts
+  cr = (length > 0) & (b[np.maximum(ends - 1, 0)] == 13)
+  blank = (length - cr) == 0
+  lines = (np.arange(1, len(ends) + 1) if all_nl is None else
+           np.searchsorted(all_nl, starts) + 1)
+  return _Records(lines, np.where(blank, 0, fields))
 
 
 def _parser_error(path, e: Exception, sep_name: str, what: str) -> UserError:
@@ -490,46 +542,87 @@ def _parser_error(path, e: Exception, sep_name: str, what: str) -> UserError:
                    f"({msg[:200]}); check its quoting")
 
 
-def _read_quoted(path: pathlib.Path, sep: str, header: int, n_fields: int,
-                 use: list[int], what: str) -> tuple[pd.DataFrame, _Where]:
-  """One C-engine read of the `use` columns as strings, CSV quoting on."""
+def _read_csv(path: pathlib.Path, sep: str, header: int, n_fields: int,
+              roles: dict[str, int], what: str) -> tuple[dict, _Where]:
+  """One C-engine read (CSV quoting on) -> ({role: column}, where).
+
+  Id columns are read as text (so 'A12' and '007' stay as written); the
+  others are typed by the C parser when they are numbers, else text, so only
+  a column that needs it (ISO dates, a bad rating) goes through Python
+  strings. A vectorized byte scan (`_scan_records`) gives every record's
+  line number and field count, so a short or long line is named exactly.
+  """
   from recae_jax.data import movielens
   sep_name = movielens._SEP_NAMES.get(sep, repr(sep))
+  data = path.read_bytes()
+  records = _scan_records(data, sep)
+  lines, counts = records.lines[header:], records.fields[header:]
+
+  def wrong_count(limit: Optional[int] = None) -> Optional[UserError]:
+    bad = np.flatnonzero(counts[:limit] != n_fields)
+    if not len(bad):
+      return None
+    k = bad[0]
+    found = "an empty line" if counts[k] == 0 else f"{counts[k]} fields"
+    return UserError(f"{path}, line {lines[k]}: expected {n_fields} "
+                     f"{sep_name}-separated fields ({what}), found {found}; "
+                     f"quote fields that contain the separator")
+
+  options = dict(sep=sep, header=0 if header else None, index_col=False,
+                 keep_default_na=False, na_filter=False,
+                 skip_blank_lines=False, engine="c", encoding="utf-8")
+  use = sorted(set(roles.values()))
   try:
-    # Every column is read (pandas' usecols would let a line with extra
-    # fields through), in chunks so only the used ones pile up.
-    reader = pd.read_csv(
-        path, sep=sep, header=0 if header else None, dtype=str,
-        keep_default_na=False, na_filter=False, skip_blank_lines=False,
-        index_col=False, engine="c", encoding="utf-8", chunksize=_CHUNK)
-    with reader:
-      parts = [chunk.iloc[:, use].set_axis(use, axis=1) for chunk in reader]
+    with warnings.catch_warnings():
+      # "Length of header ... does not match length of data": a long line.
+      warnings.simplefilter("error", pd.errors.ParserWarning)
+      keys = (list(pd.read_csv(path, nrows=0, **options).columns) if header
+              else None)
+      if keys is not None and len(keys) != n_fields:
+        raise UserError(f"{path}, line 1: the header has {len(keys)} fields "
+                        f"read as CSV but {n_fields} split plainly; check its "
+                        f"quoting")
+      ids = [roles["user"], roles["item"]]
+      dtype = {(keys[i] if keys is not None else i): object for i in ids}
+      # Every column is read (pandas' usecols lets a line with extra fields
+      # through), in chunks so only the used ones pile up.
+      reader = pd.read_csv(path, dtype=dtype, chunksize=_CHUNK, **options)
+      with reader:
+        parts = [chunk.iloc[:, use].set_axis(use, axis=1) for chunk in reader]
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=use)
   except UnicodeDecodeError:
-    movielens._decode(path, path.read_bytes(), "utf-8")  # names the line
+    movielens._decode(path, data, "utf-8")  # names the line
     raise UserError(f"{path}: not valid UTF-8 text; re-save it as UTF-8"
                     ) from None
   except pd.errors.EmptyDataError:
     raise UserError(f"{path}: has a header line but no data") from None
-  except (pd.errors.ParserError, ValueError, csv.Error, OverflowError) as e:
+  except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError,
+          csv.Error, OverflowError) as e:
+    if isinstance(e, UserError):
+      raise
+    if "EOF inside string" not in str(e):
+      error = wrong_count()
+      if error is not None:
+        raise error from None
     raise _parser_error(path, e, sep_name, what) from None
-  # Trailing blank lines are not rows.
-  blank = np.ones(len(df), bool)
+  # Trailing blank lines are not rows (looked for in the last rows only).
+  tail = df.iloc[-1000:]
+  blank = np.ones(len(tail), bool)
   for c in use:  # three or four columns
-    blank &= df[c].str.strip().str.len().to_numpy() == 0
-  kept = len(df) - int(np.argmin(blank[::-1])) if not blank.all() else 0
-  df = df.iloc[:kept]
+    blank &= tail[c].astype(str).str.strip().str.len().to_numpy() == 0
+  n_blank = len(tail) if blank.all() else int(np.argmin(blank[::-1]))
+  df = df.iloc[:len(df) - n_blank]
   if len(df) == 0:
     raise UserError(f"{path}: has a header line but no data")
-  lines: dict = {}
-
-  def numbers(rows):
-    if "x" not in lines:
-      lines["x"] = _record_lines(path, header)
-    return lines["x"][np.minimum(rows, len(lines["x"]) - 1)]
-
-  return df, _Where(str(path), "line", numbers)
+  if len(counts) == len(df) + n_blank:  # the scan agrees with pandas
+    error = wrong_count(len(df))
+    if error is not None:
+      raise error
+    where = _Where(str(path), "line", lambda rows: lines[rows])
+  else:  # stray quotes: rows can't be tied to lines
+    where = _Where(str(path), "data row", _lines_from(1))
+  return {r: df[i] for r, i in roles.items()}, where
 
 
 def _load_parquet(path: pathlib.Path, spec: dict, duplicates: str,
@@ -610,11 +703,9 @@ def load_file(path: str | os.PathLike, *, columns: str = "",
       where = _Where(str(path), "line", _lines_from(header + 1))
       colnames = {}  # the fast path's messages never needed column names
   if df is None:
-    if sep in (",", "\t") and (b'"' in head or (header and not plain)):
-      frame, where = _read_quoted(path, sep, header, n_fields,
-                                  sorted(set(roles.values())), what)
-      cols = {r: frame[i] for r, i in roles.items()}
-    else:
+    if sep in (",", "\t"):
+      cols, where = _read_csv(path, sep, header, n_fields, roles, what)
+    else:  # '::' and whitespace: split lines (the C parser has no '::')
       body, start = movielens._text_lines(path, "utf-8", skip=header)
       split = movielens._split_fields(path, body, start, sep, n_fields, what)
       cols = {r: split[i] for r, i in roles.items()}
