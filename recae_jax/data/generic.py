@@ -65,7 +65,6 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 PARQUET_SUFFIXES = (".parquet", ".pq")
 COLUMNS_FORMAT = "user=COL,item=COL,rating=COL[,timestamp=COL]"
-_NUMBER_INT = r"\s*[+-]?\d{1,18}\s*"  # movielens._INT_RE: timestamps
 _CHUNK = 1 << 19  # rows per pandas chunk when reading quoted CSV/TSV
 
 
@@ -295,7 +294,8 @@ def ratings_column(values, where: _Where, column=None,
   if len(bad):
     raise UserError(f"{where.at(bad[0], column)}: rating is missing (NaN); "
                     f"every row needs a rating")
-  out = num.astype(np.float32)
+  with np.errstate(over="ignore"):  # 1e300 -> inf, named just below
+    out = num.astype(np.float32)
   bad = np.flatnonzero(~np.isfinite(out))
   if len(bad):
     shown = (_show(raw[1].iloc[raw[0][bad[0]]]) if raw is not None else
@@ -345,8 +345,10 @@ def timestamps_column(values, where: _Where, column=None) -> np.ndarray:
   if s.dtype.kind in "uf":
     return _numbers_to_seconds(s.to_numpy(np.float64), where, column)
   codes, text = _factorized(s, where, "timestamp", column)
-  if text.str.fullmatch(_NUMBER_INT).all():
-    return text.astype(np.int64).to_numpy()[codes]
+  try:  # all integers: Unix seconds (fails at once on a date)
+    return text.to_numpy(dtype=object).astype(np.int64)[codes]
+  except (ValueError, TypeError, OverflowError):
+    pass
   try:
     dt = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
   except (ValueError, OverflowError, TypeError):  # pandas edge cases

@@ -63,7 +63,9 @@ class Ratings:
 class Dataset:
   """A parsed dataset: all ratings plus optional side tables and id maps.
 
-  `user_ids[i]` / `item_ids[j]` are the original ids of index i / j.
+  `user_ids[i]` / `item_ids[j]` are the original ids of index i / j: int64
+  arrays for integer ids (MovieLens, synthetic, numeric files), object
+  arrays of str when a generic file or frame has string ids (data.generic).
   `items_info` (if present) is indexed 0..n_items-1 with at least a `title`
   column and one 0/1 column per genre listed in `genres`; `users_info` is
   indexed 0..n_users-1 (ML-100K/1M: age, gender, occupation, zip).
