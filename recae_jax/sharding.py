@@ -61,13 +61,14 @@ def check_divisible(mesh: Optional[Mesh], batch_size: int, eval_batch_size: int,
                         "choose a model_parallel that divides it")
 
 
-def _param_spec(name: str, shape, last_decoder: str) -> P:
+def _param_spec(name: str, last_decoder: str) -> P:
+  """Spec of a member-stacked parameter [K, ...]: the member axis replicated."""
   if name == "enc_0_kernel":
-    return P("model", None)
+    return P(None, "model", None)
   if name == f"{last_decoder}_kernel":
-    return P(None, "model")
+    return P(None, None, "model")
   if name == f"{last_decoder}_bias":
-    return P("model")
+    return P(None, "model")
   return P()
 
 
@@ -76,12 +77,13 @@ def param_shardings(mesh: Mesh, params) -> dict:
   n_dec = sum(1 for k in params if k.startswith("dec_") and k.endswith("_bias"))
   last = f"dec_{n_dec - 1}"
   mp = mesh.shape["model"]
-  return {k: NamedSharding(mesh, _param_spec(k, v.shape, last) if mp > 1 else P())
-          for k, v in params.items()}
+  return {k: NamedSharding(mesh, _param_spec(k, last) if mp > 1 else P())
+          for k in params}
 
 
 def shard_state(mesh: Mesh, state):
-  """Places params and the optimizer's param-shaped moments; the rest replicated."""
+  """Places params and the optimizer's param-shaped moments of an
+  `engine.TrainState`; the rest replicated."""
   shard = param_shardings(mesh, state.params)
   replicated = NamedSharding(mesh, P())
   params = {k: jax.device_put(v, shard[k]) for k, v in state.params.items()}
@@ -97,7 +99,8 @@ def shard_state(mesh: Mesh, state):
   opt_state = jax.tree_util.tree_map_with_path(place_opt, state.opt_state)
   return state.replace(params=params, opt_state=opt_state,
                        step=jax.device_put(state.step, replicated),
-                       rng=jax.device_put(state.rng, replicated))
+                       rng=jax.device_put(state.rng, replicated),
+                       order_rng=jax.device_put(state.order_rng, replicated))
 
 
 def replicate(mesh: Mesh, tree):

@@ -11,7 +11,9 @@ import sys
 import jax
 import pytest
 
-from recae_jax import memory, train
+from recae_jax import engine, memory, optim
+from recae_jax.problem import build_problem
+from recae_jax.tasks import RatingTask
 from recae_jax.config import make_config
 from recae_jax.errors import UserError
 from recae_jax.models import build_model
@@ -21,11 +23,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def _estimate(tiny, config, compute="dense", entries=None):
   dataset, split = tiny
-  problem = train.build_problem(config, dataset, split)
+  problem = build_problem(config, dataset, split)
   model = build_model(config, problem.n_cols)
-  tx = train.make_optimizer(config, 1)
-  state = train.init_state(model, tx, problem.fit_data, 0)
-  abstract = jax.eval_shape(lambda: train.init_state(model, tx, problem.fit_data, 0))
+  task = RatingTask.from_config(config, model)
+  tx = optim.make_optimizer(config, 1)
+  state = engine.init_state(task, tx, [0], 0)
+  abstract = jax.eval_shape(lambda: engine.init_state(task, tx, [0], 0))
   est = memory.estimate(config, model, abstract, problem, config.batch_size, compute, entries)
   return est, state
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import low_rank_ratings
-from recae_jax import topn
+from recae_jax import engine, tasks, topn
 from recae_jax.errors import UserError
 
 
@@ -27,10 +27,10 @@ def test_multinomial_nll_and_beta():
   x = jnp.array([[1.0, 1.0], [0.0, 1.0]])
   w = jnp.array([1.0, 0.0])  # the second row is padding
   expect = -(np.log(1 / 4) + np.log(3 / 4))
-  assert float(topn.multinomial_nll(logits, x, w)) == pytest.approx(expect, rel=1e-6)
-  beta = [float(topn.anneal_beta(jnp.int32(s), 0.2, 100)) for s in (0, 50, 100, 500)]
+  assert float(tasks.multinomial_nll(logits, x, w)) == pytest.approx(expect, rel=1e-6)
+  beta = [float(tasks.anneal_beta(jnp.int32(s), 0.2, 100)) for s in (0, 50, 100, 500)]
   assert beta == pytest.approx([0.0, 0.2, 0.2, 0.2])
-  assert float(topn.anneal_beta(jnp.int32(10), 0.2, 100)) == pytest.approx(0.1)
+  assert float(tasks.anneal_beta(jnp.int32(10), 0.2, 100)) == pytest.approx(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +59,10 @@ def test_mult_models_beat_popularity(protocol, tmp_path):
                  progress=quiet)["test"]["ndcg@10"]
   ease = topn.run(topn.make_topn_config("ease", ease_lambdas=(10.0, 100.0), **small),
                   protocol=protocol, progress=quiet)["test"]["ndcg@10"]
-  before = topn.TRACE_COUNTS["epoch"]
+  before = engine.TRACE_COUNTS["train_epoch"]
   vae = topn.run(topn.make_topn_config("mult_vae", **small), tmp_path / "vae",
                  protocol=protocol, progress=quiet)
-  assert topn.TRACE_COUNTS["epoch"] == before + 1  # the epoch compiled once
+  assert engine.TRACE_COUNTS["train_epoch"] == before + 1  # the epoch compiled once
   dae = topn.run(topn.make_topn_config("mult_dae", **dict(small, hidden=())),
                  protocol=protocol, progress=quiet)
   assert vae["best_epoch"] in (10, 20)
