@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recae_jax import compute
 from recae_jax import flags as cfg_flags
-from recae_jax import train
 from recae_jax.errors import run_main
-from recae_jax.models import build_model
+from recae_jax.problem import build_problem, load_split
 
 cfg_flags.define_config_flags(skip=("epochs",))
 flags.adopt_module_key_flags(cfg_flags)
@@ -55,27 +55,25 @@ def epoch_flops(layer_shapes, rows_per_epoch: int) -> float:
 def main(argv):
   del argv
   config = cfg_flags.config_from_flags(epochs=FLAGS.epochs + 1)
-  dataset, split = train.load_split(config)
-  problem = train.build_problem(config, dataset, split)
-  model = build_model(config, problem.n_cols)
+  dataset, split = load_split(config)
+  problem = build_problem(config, dataset, split)
   n_rows = int(problem.fit_data.train_rows.shape[0])
   batch = min(config.batch_size, n_rows)
   steps = -(-n_rows // batch)
-  tx = train.make_optimizer(config, steps)
-  epoch_fn = train.make_train_epoch(model, tx, config, batch)
-  state = train.init_state(model, tx, problem.fit_data, config.seed)
+  run = compute.make_run(config, problem.fit_data, problem.n_cols, batch, "dense")
   t = time.perf_counter()
-  compiled = epoch_fn.lower(state, problem.fit_data).compile()
+  compiled = run.epoch.lower(run.state, run.data, run.hyper).compile()
   compile_s = time.perf_counter() - t
-  state, m = compiled(state, problem.fit_data)  # warm-up
+  state, m = compiled(run.state, run.data, run.hyper)  # warm-up
   jax.block_until_ready(m)
   times = []
   for _ in range(FLAGS.epochs):
     t = time.perf_counter()
-    state, m = compiled(state, problem.fit_data)
+    state, m = compiled(state, run.data, run.hyper)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
-  shapes = [tuple(v.shape) for k, v in sorted(state.params.items()) if k.endswith("kernel")]
+  shapes = [tuple(v.shape[1:]) for k, v in sorted(state.params.items())
+            if k.endswith("kernel")]
   flops = epoch_flops(shapes, steps * batch) * (1 + config.dense_refeeding)
   epoch_s = float(np.median(times))
   peak = matmul_peak_gflops(FLAGS.matmul_size)

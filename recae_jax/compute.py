@@ -10,8 +10,9 @@ to its GEMMs, so "auto" measures both epochs on the data at hand.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
@@ -74,6 +75,40 @@ def choose(config: Config, rows: RowData, n_cols: int, batch_size: int, mesh=Non
       "compute": choice, "device": jax.devices()[0].device_kind, **t}
 
 
+@dataclasses.dataclass
+class Run:
+  """Everything one engine run holds, for benchmarks and the auto timing."""
+
+  task: RatingTask
+  tx: object
+  batcher: object
+  data: object
+  state: engine.TrainState
+  hyper: Hyper
+  epoch: object  # the jitted epoch
+
+  def step(self):
+    self.state, m = self.epoch(self.state, self.data, self.hyper)
+    return m
+
+
+def make_run(config: Config, rows: RowData, n_cols: int, batch_size: int,
+             compute: str = "dense", members: Sequence[Config] = (), mesh=None,
+             group_size: Optional[int] = None) -> Run:
+  """A ready engine (state, data, compiled-on-first-call epoch) for `config`
+  or its `members` on `rows`, without the host loop."""
+  cs = tuple(members) or (config,)
+  n_train = int(rows.train_rows.shape[0])
+  task = RatingTask.from_config(config, build_model(config, n_cols, members=cs), cs)
+  tx = optim.make_optimizer(config, -(-n_train // batch_size))
+  batcher = batcher_for(compute, config, batch_size, mesh)
+  return Run(task, tx, batcher, batcher.data(rows),
+             engine.init_state(task, tx, [c.seed for c in cs], config.seed),
+             Hyper.from_configs(cs),
+             engine.make_epoch(task, tx, batcher, shuffle=config.shuffle,
+                               group_size=group_size))
+
+
 def _compile_and_warm(fn, state, data, hyper):
   """(compile seconds, compiled epoch, state after one warm-up epoch)."""
   t = time.perf_counter()
@@ -91,16 +126,13 @@ def time_dense_and_sparse(config: Config, rows: RowData, n_cols: int, *,
   (dense, sparse, dense, ...) so machine noise hits both alike."""
   n_train = int(rows.train_rows.shape[0])
   batch = batch_size or min(config.batch_size, n_train)
-  task = RatingTask.from_config(config, build_model(config, n_cols))
-  tx = optim.make_optimizer(config, -(-n_train // batch))
-  hyper = Hyper.from_configs([config])
-  runs = {name: batcher_for(name, config, batch, mesh) for name in ("dense", "sparse")}
+  runs = {name: make_run(config, rows, n_cols, batch, name, mesh=mesh)
+          for name in ("dense", "sparse")}
   compiled, states, data, out = {}, {}, {}, {}
-  for name, b in runs.items():
-    data[name] = b.data(rows)
-    state = engine.init_state(task, tx, [config.seed], config.seed)
-    c_s, compiled[name], states[name] = _compile_and_warm(
-        engine.make_epoch(task, tx, b, shuffle=config.shuffle), state, data[name], hyper)
+  hyper = runs["dense"].hyper
+  for name, r in runs.items():
+    data[name] = r.data
+    c_s, compiled[name], states[name] = _compile_and_warm(r.epoch, r.state, r.data, hyper)
     out[f"{name}_compile_seconds"] = c_s
   times = {name: [] for name in runs}
   for _ in range(repeats):

@@ -24,13 +24,19 @@ import functools
 import jax
 import jax.numpy as jnp
 
-# Floats of one chunk's gathered rows: 128K floats = 512 KiB, about one L2.
-CHUNK_FLOATS = 1 << 17
+# Floats of one chunk's gathered rows: on a CPU 128K floats = 512 KiB, about
+# one L2. On an accelerator a lax.scan over small chunks serializes the
+# kernel launches, so there a chunk holds up to 64M floats (256 MiB): one or
+# a few chunks per batch, each a wide gather the chip runs in parallel.
+CHUNK_FLOATS = {"cpu": 1 << 17}
+ACCELERATOR_CHUNK_FLOATS = 1 << 26
 
 
-def chunk_size(n_entries: int, width: int) -> int:
-  """Entries per chunk for rows of `width` floats (at least 16, at most T)."""
-  return max(1, min(n_entries, max(16, CHUNK_FLOATS // max(1, width))))
+def chunk_size(n_entries: int, width: int, platform: str | None = None) -> int:
+  """Entries per chunk for rows of `width` floats (at least 16, at most T),
+  chosen per backend (see CHUNK_FLOATS)."""
+  floats = CHUNK_FLOATS.get(platform or jax.default_backend(), ACCELERATOR_CHUNK_FLOATS)
+  return max(1, min(n_entries, max(16, floats // max(1, width))))
 
 
 def _chunked(row_T, col_T, scale_T, chunk: int):
