@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from recae_jax.errors import UserError
 
+TOPN_MODELS = ("mult_vae", "mult_dae", "ease", "popularity")
 ACTIVATIONS = ("sigmoid", "relu", "selu", "elu", "tanh", "identity", "lrelu")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "momentum")
 SCHEDULES = ("constant", "step", "cosine")
@@ -76,6 +77,20 @@ class Config:
   model_parallel: int = 1          # devices splitting the N-wide layers ('model' axis)
   eval_batch_size: int = 512
   fallback: str = "item_user_global"  # prediction for pairs with no training data
+  # --- top-N models (implicit feedback, strong generalization; see recae_jax.topn) ---
+  model: str = "autoencoder"       # autoencoder (rating AEs) or a top-N model: mult_vae, mult_dae, ease, popularity
+  threshold: float = 4.0           # top-N: ratings >= threshold are clicks
+  n_test_users: int = 100          # top-N: held-out test users
+  n_valid_users: int = 100         # top-N: held-out validation users (model selection)
+  fold_in_fraction: float = 0.8    # top-N: share of a held-out user's clicks shown
+  hidden: tuple[int, ...] = (600,)  # Mult-VAE/DAE encoder widths before the latent layer
+  latent: int = 200                # Mult-VAE/DAE latent width
+  anneal_cap: float = 0.2          # Mult-VAE: β's ceiling
+  anneal_steps: int = 0            # Mult-VAE: steps to reach the cap; 0 = 80% of all steps
+  eval_every: int = 5              # top-N: validation NDCG@select_k every N epochs
+  select_k: int = 100              # top-N: selection metric is validation NDCG@select_k
+  ease_lambdas: tuple[float, ...] = (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)  # EASE: λ grid chosen on validation
+  ks: tuple[int, ...] = (20, 50, 100)  # top-N: reported cut-offs
   # --- ensemble / blend (the `best` preset) ---
   ensemble: int = 1                # members trained with seeds seed..seed+K-1
   blend_uautorec: bool = False     # add a U-AutoRec component to the blend
@@ -128,6 +143,8 @@ class Config:
         bad(name, f"must be >= 0, got {getattr(self, name)}")
     if self.fallback not in ("item_user_global", "global"):
       bad("fallback", "must be 'item_user_global' or 'global'")
+    if self.model not in ("autoencoder",) + TOPN_MODELS:
+      bad("model", f"unknown {self.model!r}; choose from autoencoder, {', '.join(TOPN_MODELS)}")
     return self
 
   def to_json(self) -> dict:
@@ -185,6 +202,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                                 side_features=("genre_counts", "user_attributes"),
                                 side_scaling="standardize"),
 }
+# Top-N models of recae_jax.topn (Liang et al. 2018's protocol and settings).
+_TOPN = dict(min_user_ratings=5, batch_size=100, epochs=100, learning_rate=1e-3,
+             eval_batch_size=256, optimizer="adam")
+PRESETS["mult_vae"] = dict(_TOPN, model="mult_vae", hidden=(600,), latent=200, l2=0.0,
+                           input_dropout=0.5, anneal_cap=0.2)
+PRESETS["mult_dae"] = dict(_TOPN, model="mult_dae", hidden=(), latent=200, l2=0.02,
+                           input_dropout=0.5)
+PRESETS["ease"] = dict(_TOPN, model="ease")
+PRESETS["popularity"] = dict(_TOPN, model="popularity")
 # The project's most accurate rating model (see README "What helped").
 PRESETS["best"] = dict(PRESETS["autorec"], ensemble=5, refit=True, blend_uautorec=True,
                        blend_knn=True)
@@ -202,9 +228,11 @@ def make_config(preset: Optional[str] = None, **overrides) -> Config:
     if k not in fields:
       raise UserError(f"unknown config field {k!r}")
     values[k] = v
-  for k in ("layers", "side_features"):
+  kinds = {"layers": int, "side_features": str, "hidden": int, "ease_lambdas": float,
+           "ks": int}
+  for k, kind in kinds.items():
     if k in values and not isinstance(values[k], tuple):
-      values[k] = _as_tuple(values[k], int if k == "layers" else str)
+      values[k] = _as_tuple(values[k], kind)
   return Config(**values).validate()
 
 

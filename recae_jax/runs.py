@@ -1,17 +1,24 @@
-"""What `experiments/train.py` runs for a config: a blend of several runs
-(the `best` preset, --ensemble, --blend_*) or one training run."""
+"""What `experiments/train.py` runs for a config: a top-N model under the
+strong-generalization protocol (--preset=mult_vae|mult_dae|ease|popularity),
+a blend of several runs (the `best` preset, --ensemble, --blend_*) or one
+rating-autoencoder run."""
 
 from __future__ import annotations
 
 from typing import Callable
 
-from recae_jax import blend, train
+from recae_jax import blend, topn, train
 from recae_jax.config import Config
 
 
 def run(config: Config, workdir, *, resume: bool = False,
         progress: Callable[[str], None] = print, dataset=None) -> dict:
   config = config.validate()
+  if config.model != "autoencoder":
+    if dataset is not None:
+      return topn.run(topn.from_config(config), workdir, resume=resume, progress=progress,
+                      protocol=topn.make_protocol(topn.from_config(config), dataset))
+    return topn.run(topn.from_config(config), workdir, resume=resume, progress=progress)
   if train.is_blend(config):
     return blend.train_and_evaluate_blend(config, workdir, resume=resume,
                                           progress=progress, dataset=dataset)

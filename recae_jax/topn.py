@@ -148,6 +148,14 @@ def make_topn_config(preset: Optional[str] = None, **overrides) -> TopNConfig:
   return TopNConfig(**values).validate()
 
 
+def from_config(config) -> TopNConfig:
+  """The TopNConfig of a `config.Config` whose `model` is a top-N model
+  (`experiments/train.py --preset=mult_vae|mult_dae|ease|popularity`)."""
+  fields = {f.name for f in dataclasses.fields(TopNConfig)}
+  return make_topn_config(None, **{k: v for k, v in config.to_json().items()
+                                   if k in fields})
+
+
 # ------------------------------------------------------------- protocol
 
 @dataclasses.dataclass
@@ -377,6 +385,8 @@ def run(config: TopNConfig, workdir=None, *, protocol: Optional[Protocol] = None
              "test": test, "valid": valid, "eval_seconds": time.perf_counter() - t,
              "train_seconds": out["train_seconds"], **protocol.summary()}
   results["selection"] = f"valid ndcg@{config.select_k}"
+  for key, value in test.items():  # flat keys, as rating runs have test_rmse
+    results[f"test_{key}"] = value
   for key in ("best_epoch", "best_lambda", "best_valid_ndcg"):
     if key in out:
       results[key] = out[key]

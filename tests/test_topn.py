@@ -79,3 +79,37 @@ def test_config_errors():
   with pytest.raises(UserError, match="--fold_in_fraction"):
     topn.make_topn_config("mult_vae", fold_in_fraction=1.5)
   assert topn.make_topn_config("ease", ease_lambdas="1,2").ease_lambdas == (1.0, 2.0)
+
+
+def test_topn_presets_of_train_script_with_resume(tmp_path):
+  import subprocess
+  import sys
+  from conftest import low_rank_ratings
+  ds, _ = low_rank_ratings(n_users=300, n_items=160)
+  r = ds.ratings
+  csv = tmp_path / "ratings.csv"
+  csv.write_text("user,item,rating\n" + "".join(
+      f"{u + 1},{i + 1},{int(x)}\n" for u, i, x in zip(r.users, r.items, r.ratings)))
+  common = [sys.executable, "experiments/train.py", f"--dataset={csv}", "--threshold=3",
+            "--n_test_users=40", "--n_valid_users=40", "--ks=10,20,50,100"]
+
+  def run(*args):
+    p = subprocess.run([*common, *args], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return p.stdout
+
+  run("--preset=ease", "--ease_lambdas=10,100", f"--workdir={tmp_path / 'ease'}")
+  m = json.loads((tmp_path / "ease" / "metrics.json").read_text())
+  for key in ("test_ndcg@100", "test_recall@20", "test_recall@50"):
+    assert 0 <= m[key] <= 1, key
+  assert m["best_lambda"] in (10.0, 100.0)
+  # Mult-DAE checkpoints through the one loop; --resume continues from them.
+  dae = [f"--workdir={tmp_path / 'dae'}", "--preset=mult_dae", "--eval_every=2",
+         "--batch_size=32"]
+  run(*dae, "--epochs=4")
+  out = run(*dae, "--epochs=6", "--resume")
+  assert "resumed from epoch 4" in out
+  m = json.loads((tmp_path / "dae" / "metrics.json").read_text())
+  assert m["best_epoch"] in (2, 4, 6) and "test_ndcg@100" in m
+  rows = (tmp_path / "dae" / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(x)["epoch"] for x in rows] == [1, 2, 3, 4, 5, 6]
