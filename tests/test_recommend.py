@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import low_rank_ratings
+from recae_jax.problem import build_problem, load_split
 from recae_jax import recommend, restore, train
 from recae_jax.config import make_config
 from recae_jax.data.types import Dataset, Split
@@ -49,7 +50,7 @@ def trained(tmp_path_factory):
     cfg = make_config(None, dataset="tiny", orientation=orientation, layers=(8,),
                       epochs=3, batch_size=16, eval_batch_size=16)
     wd = tmp_path_factory.mktemp(orientation)
-    train.train_and_evaluate(cfg, wd, problem=train.build_problem(cfg, ds, split),
+    train.train_and_evaluate(cfg, wd, problem=build_problem(cfg, ds, split),
                              progress=lambda s: None)
     recs[orientation] = recommend.from_restored(
         restore.load_workdir(wd, config=cfg, dataset=ds, split=split))

@@ -7,6 +7,7 @@ generic CSV (about 6,000 ratings) so a run takes seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import low_rank_ratings
+from recae_jax.problem import build_problem, load_split
 from recae_jax import train
 from recae_jax.config import make_config
 
@@ -40,7 +42,7 @@ def test_same_config_and_seed_give_identical_metrics(tiny, tmp_path):
                     learning_rate=1e-2, input_dropout=0.1, dropout=0.1)
   runs = []
   for name in ("a", "b"):
-    problem = train.build_problem(cfg, ds, split)
+    problem = build_problem(cfg, ds, split)
     runs.append(train.train_and_evaluate(cfg, tmp_path / name, progress=_quiet,
                                          problem=problem))
   # Exact: same process, same compiled programs, same inputs; XLA on CPU is
@@ -206,3 +208,23 @@ def test_workdir_under_a_file_is_a_clean_error(csv_path, tmp_path):
   assert proc.stdout == ""
   assert sorted(p.name for p in tmp_path.iterdir()) == before
   assert blocker.read_text() == "not a directory\n"
+
+
+def test_checkpoint_from_before_the_engine_rework_is_a_one_line_error(tiny, tmp_path):
+  # The old layout (one model per state, meta without "format") is neither
+  # restored into the wrong shapes nor moved aside: the user is told to retrain.
+  from recae_jax import checkpoint as ckpt_lib
+  from recae_jax.errors import UserError
+  ds, split = tiny
+  cfg = make_config("autorec", layers=(8,), batch_size=16, epochs=2)
+  problem = build_problem(cfg, ds, split)
+  train.train_and_evaluate(cfg, tmp_path, progress=_quiet, problem=problem)
+  old = ckpt_lib.Checkpoints(tmp_path / "checkpoints")
+  params = {"enc_0_kernel": np.zeros((3, 8), np.float32)}
+  old.save(7, {"state": {"params": params}, "best_params": params},
+           {"epoch": 7, "best_epoch": 7, "best_valid_rmse": 1.0, "bad_epochs": 0})
+  old.close()
+  with pytest.raises(UserError, match="checkpoint 7 .* older recae_jax .* retrain"):
+    train.train_and_evaluate(dataclasses.replace(cfg, epochs=9), tmp_path, resume=True,
+                             progress=_quiet, problem=problem)
+  assert (tmp_path / "checkpoints" / "7").is_dir()  # left untouched
