@@ -8,16 +8,17 @@ I-AutoRec (items are rows, N = n_users -> 500 -> N, Adam, batch 256) on
 `data.synthetic.generate(shape)`. Each size runs in its own subprocess so its
 peak host RSS is its own. Row storage follows the engine's rule (dense matrix
 on device if it fits --dense_budget_mb, else CSR densified per batch). Both
-compute paths are timed: the dense engine (`train.make_train_epoch`) and the
-sparse-aware path (`sparse_autorec`). Big sizes would take hours per dense
+compute paths are timed on the one engine (`compute.make_run(..., "dense")`
+and `compute.make_run(..., "sparse")`, K = 1). Big sizes would take hours per dense
 epoch on a CPU, so each path runs --steps batches (a compiled scan over a
 subset of rows / stratified batches) and the epoch time is extrapolated:
-epoch_seconds = seconds_per_step x steps_per_epoch; the JSON says
+epoch_seconds = seconds_per_step x steps_per_epoch (dense: a random subset
+of steps x batch rows; sparse: the first --steps columns of the stratified
+grid, with the full epoch's entry bound T); the JSON says
 "extrapolated": true when steps < steps_per_epoch. Writes OUT/scaling.json
 and OUT/scaling.png and prints the JSON.
 """
 
-import dataclasses
 import json
 import pathlib
 import resource
@@ -54,11 +55,11 @@ def _rss_mb() -> float:
 
 def run_one(name: str) -> dict:
   import jax
-  from recae_jax import sparse_autorec as sa
-  from recae_jax import train
+  import jax.numpy as jnp
+  from recae_jax import compute
   from recae_jax.config import make_config
   from recae_jax.data import sparse, synthetic
-  from recae_jax.models import build_model
+  from recae_jax.problem import RowData
 
   t = time.perf_counter()
   ds = synthetic.generate(_EXTRA.get(name, name), seed=0)
@@ -68,14 +69,11 @@ def run_one(name: str) -> dict:
   csr = sparse.ratings_to_csr(ds.ratings, "item")
   source = sparse.make_row_source(csr, FLAGS.dense_budget_mb << 20)
   rows = np.flatnonzero(csr.row_lengths() > 0).astype(np.int32)
-  import jax.numpy as jnp
-  data = train.RowData(source, None, jnp.asarray(rows))
+  data = RowData(source, None, jnp.asarray(rows))
   n_cols = csr.shape[1]
   batch = min(FLAGS.batch_size, len(rows))
   steps_per_epoch = -(-len(rows) // batch)
   steps = min(FLAGS.steps, steps_per_epoch)
-  model = build_model(config, n_cols)
-  tx = train.make_optimizer(config, steps_per_epoch)
   out = {"size": name, "n_users": ds.ratings.n_users, "n_items": ds.ratings.n_items,
          "n_ratings": len(ds.ratings), "rows": int(len(rows)), "cols": int(n_cols),
          "density": len(ds.ratings) / (csr.shape[0] * csr.shape[1]),
@@ -85,30 +83,28 @@ def run_one(name: str) -> dict:
          "device": jax.devices()[0].device_kind}
   rng = np.random.default_rng(0)
   for path in FLAGS.paths.split(","):
-    state = sa.init_state(model, tx, n_cols, 0)
+    run = compute.make_run(config, data, n_cols, batch, path)
     if path == "dense":
       sub = rows[rng.permutation(len(rows))[: steps * batch]]
-      d = dataclasses.replace(data, train_rows=jnp.asarray(np.sort(sub)))
-      fn = train.make_train_epoch(model, tx, config, batch)
+      d = run.data.replace(train_rows=jnp.asarray(np.sort(sub)))
     else:
-      sd = sa.from_csr(csr, batch, "stratified")
-      d = dataclasses.replace(sd, strata_SxNb=sd.strata_SxNb[:, :steps])
-      fn = sa.make_train_epoch(model, tx, config)
+      sd = run.data
+      d = sd.replace(strata_SxNb=sd.strata_SxNb[:, :steps])
       out["sparse_max_entries"] = sd.max_entries
     t = time.perf_counter()
-    compiled = fn.lower(state, d).compile()
+    compiled = run.epoch.lower(run.state, d, run.hyper).compile()
     out[f"{path}_compile_seconds"] = time.perf_counter() - t
-    state, m = compiled(state, d)  # warm-up
+    state, m = compiled(run.state, d, run.hyper)  # warm-up
     jax.block_until_ready(m)
     t = time.perf_counter()
-    state, m = compiled(state, d)
+    state, m = compiled(state, d, run.hyper)
     jax.block_until_ready(m)
     per_step = (time.perf_counter() - t) / steps
     epoch_s = per_step * steps_per_epoch
     out[f"{path}_seconds_per_step"] = per_step
     out[f"{path}_epoch_seconds"] = epoch_s
     out[f"{path}_ratings_per_second"] = len(ds.ratings) / epoch_s
-    del state, compiled
+    del state, compiled, run, d
   stats = jax.devices()[0].memory_stats()
   out["device_peak_bytes"] = None if not stats else stats.get("peak_bytes_in_use")
   out["peak_rss_mb"] = _rss_mb()
