@@ -58,6 +58,9 @@ _VAR_RTOL = 2e-6
 # Dense [U, I] float32 arrays above this many elements switch topk_neighbors
 # to chunked densification (3 arrays are kept: x, x^2, mask).
 DENSE_LIMIT = 1 << 27
+# Up to this many U x U elements, row blocks reuse the cross sums S, Q of
+# all rows (two [U, U] float32 arrays held; 4 GEMMs per block instead of 6).
+CROSS_LIMIT = 1 << 26
 
 Data = Union[Ratings, tuple]
 
@@ -218,6 +221,14 @@ def _features(r_UxI: np.ndarray, m_UxI: np.ndarray, means_U: np.ndarray,
 # ------------------------------------------------------------ device math
 
 
+_dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
+
+
+def _corated(cfg: SimilarityConfig) -> bool:
+  """Whether the pair needs its co-rated sums S_a, S_b (Pearson, corated)."""
+  return cfg.metric == "pearson" and cfg.centering == "corated"
+
+
 def _pair_similarity(q, c, cfg: SimilarityConfig,
                      square: bool = False) -> jax.Array:
   """sim_BxC between query rows q=(x, x2, m) [B, I] and candidates c [C, I].
@@ -227,14 +238,20 @@ def _pair_similarity(q, c, cfg: SimilarityConfig,
   """
   xq, x2q, mq = q
   xc, x2c, mc = c
-  dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
-  n = dot(mq, mc.T)
-  p = dot(xq, xc.T)
-  qa = dot(x2q, mc.T)
-  qb = qa.T if square else dot(mq, x2c.T)
-  if cfg.metric == "pearson" and cfg.centering == "corated":
-    sa = dot(xq, mc.T)
-    sb = sa.T if square else dot(mq, xc.T)
+  n = _dot(mq, mc.T)
+  p = _dot(xq, xc.T)
+  qa = _dot(x2q, mc.T)
+  qb = qa.T if square else _dot(mq, x2c.T)
+  sa = sb = None
+  if _corated(cfg):
+    sa = _dot(xq, mc.T)
+    sb = sa.T if square else _dot(mq, xc.T)
+  return _combine(n, p, qa, qb, sa, sb, cfg)
+
+
+def _combine(n, p, qa, qb, sa, sb, cfg: SimilarityConfig) -> jax.Array:
+  """The similarity from the pair sums (elementwise; fuses into one loop)."""
+  if _corated(cfg):
     n_safe = jnp.maximum(n, 1.0)
     cov = p - sa * sb / n_safe
     var_a = qa - sa * sa / n_safe
@@ -257,6 +274,38 @@ def _pair_similarity(q, c, cfg: SimilarityConfig,
 @functools.partial(jax.jit, static_argnames=("cfg", "square"))
 def _block_vs_all(q, c, cfg: SimilarityConfig, square: bool) -> jax.Array:
   return _pair_similarity(q, c, cfg, square)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _cross_sums(q, c, cfg: SimilarityConfig) -> jax.Array:
+  """[Q_a; S_a] of a row block vs all rows: one [2B, I] @ [I, U] GEMM."""
+  xq, x2q, _ = q
+  lhs = jnp.concatenate([x2q, xq]) if _corated(cfg) else x2q
+  return _dot(lhs, c[2].T)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "parts"))
+def _block_from_cross(q, c, cross, row0, cfg: SimilarityConfig, parts: int):
+  """sim [B, U] of the row block at row0, given the cross sums of all rows.
+
+  cross: [parts * U_pad, U_pad], Q of every row, then S (corated Pearson).
+  S_b|ab = m_a . x_b is S_a|ba transposed (likewise Q), so only n and P are
+  new products here: 4 GEMMs per block instead of 6 (1.5x fewer FLOPs).
+  """
+  xq, _, mq = q
+  xc, _, mc = c
+  b, u = xq.shape[0], xc.shape[0]
+  u_pad = cross.shape[0] // parts
+  n = _dot(mq, mc.T)
+  p = _dot(xq, xc.T)
+  def part(j):  # this block's rows, and its columns transposed
+    row = jax.lax.dynamic_slice_in_dim(cross, j * u_pad + row0, b, axis=0)
+    col = jax.lax.dynamic_slice_in_dim(cross[j * u_pad:(j + 1) * u_pad], row0,
+                                       b, axis=1)
+    return row[:, :u], col[:u].T
+  qa, qb = part(0)
+  sa, sb = part(1) if parts == 2 else (None, None)
+  return _mask_self(_combine(n, p, qa, qb, sa, sb, cfg), row0, 0, 0.0)
 
 
 def _mask_self(sim_BxC: jax.Array, row0, col0, fill) -> jax.Array:
@@ -303,8 +352,28 @@ class DenseFeatures:
   def block(self, start: int, size: int) -> jax.Array:
     """sim [size, U] of rows [start, start+size) vs all rows; self = 0."""
     square = start == 0 and size == self.n_rows
+    if not square and self.n_rows ** 2 <= CROSS_LIMIT:
+      return self._cross_block(start, size)
     sim = _block_vs_all(self.query(start, size), self.feats, self.cfg, square)
     return _mask_self(sim, start, 0, 0.0)
+
+  def _cross_block(self, start: int, size: int) -> jax.Array:
+    """block() from the cross sums of all rows, computed once per block size
+    ([2 U_pad, U_pad] floats on the device; see _block_from_cross)."""
+    if getattr(self, "_cross_size", None) != size:
+      u = self.n_rows
+      u_pad = -(-u // size) * size
+      blocks = [_cross_sums(self.query(s, size), self.feats, self.cfg)
+                for s in range(0, u, size)]  # a handful of row blocks
+      parts = blocks[0].shape[0] // size  # 1 (Q) or 2 (Q, S)
+      # Part j's rows at j * U_pad; columns padded to U_pad (zeros), so every
+      # block's column slice stays in range.
+      self._cross = jnp.pad(jnp.concatenate(
+          [jnp.concatenate([blk[j * size:(j + 1) * size] for blk in blocks])
+           for j in range(parts)]), ((0, 0), (0, u_pad - u)))
+      self._cross_size, self._cross_parts = size, parts
+    return _block_from_cross(self.query(start, size), self.feats, self._cross,
+                             start, self.cfg, self._cross_parts)
 
 
 def _default_block(n_rows: int, n_cols: int, budget: int = 1 << 24) -> int:

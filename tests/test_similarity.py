@@ -205,3 +205,18 @@ def test_pearson_baseline_bad_input():
   got = S.similarity_matrix((np.zeros((3, 2), np.float32),
                              np.zeros((3, 2), bool)), metric="pearson_baseline")
   assert np.all(got == 0)  # no ratings: nothing to fit, similarity 0
+
+
+@pytest.mark.parametrize("metric,centering", [("pearson", "corated"),
+                                              ("pearson", "overall"),
+                                              ("cosine", "corated"),
+                                              ("pearson_baseline", "corated")])
+def test_blocks_from_cross_sums_equal_one_square_block(metric, centering):
+  """Row blocks reuse the cross sums S, Q of all rows (transposed for the
+  other side of each pair); padding rows of the last block change nothing."""
+  r, m = _random(seed=9, u=45, integer=True)
+  whole = S.similarity_matrix((r, m), metric=metric, centering=centering)
+  for bs in (7, 16):
+    got = S.similarity_matrix((r, m), metric=metric, centering=centering,
+                              block_size=bs)
+    np.testing.assert_allclose(got, whole, atol=1e-6)
