@@ -5,7 +5,8 @@ r"""The same I-AutoRec in PyTorch (CPU) vs the JAX engine, timed in one run.
 
 Both sides: N -> H -> N, sigmoid hidden, identity output, masked MSE over
 observed entries + l2 · ½ Σ W² on both kernels, Adam, the same batch size,
-dense batches gathered from a dense on-device matrix, shuffled every epoch.
+dense batches gathered from a dense on-device matrix, shuffled every epoch
+(JAX: `compute.make_run(config, ..., "dense")`, the engine's K = 1 epoch).
 Torch runs eager (the usual reference), with torch.set_num_threads = the
 number of cores XLA sees. Epochs alternate (JAX, torch, JAX, ...) so machine
 noise hits both. Prints JSON with both epoch medians and their ratio.
@@ -19,10 +20,10 @@ from absl import app, flags
 import jax
 import numpy as np
 
+from recae_jax import compute
 from recae_jax import flags as cfg_flags
-from recae_jax import train
 from recae_jax.errors import UserError, run_main
-from recae_jax.models import build_model
+from recae_jax.problem import build_problem, load_split
 
 cfg_flags.define_config_flags()
 flags.adopt_module_key_flags(cfg_flags)
@@ -73,26 +74,23 @@ def main(argv):
     raise UserError("the torch reference is I/U-AutoRec only: one sigmoid layer, Adam")
   threads = FLAGS.threads or os.cpu_count()
   torch.set_num_threads(threads)
-  dataset, split = train.load_split(config)
-  problem = train.build_problem(config, dataset, split)
+  dataset, split = load_split(config)
+  problem = build_problem(config, dataset, split)
   from recae_jax.data import sparse
   csr = sparse.ratings_to_csr(split.train, config.orientation)
   dense = torch.as_tensor(csr.to_dense())
   rows = np.flatnonzero(csr.row_lengths() > 0)
   batch = min(config.batch_size, len(rows))
 
-  model = build_model(config, problem.n_cols)
-  steps = -(-len(rows) // batch)
-  tx = train.make_optimizer(config, steps)
-  state = train.init_state(model, tx, problem.fit_data, config.seed)
-  jax_fn = train.make_train_epoch(model, tx, config, batch).lower(
-      state, problem.fit_data).compile()
+  run = compute.make_run(config, problem.fit_data, problem.n_cols, batch, "dense")
+  state = run.state
+  jax_fn = run.epoch.lower(state, run.data, run.hyper).compile()
   t_fn = torch_epoch_fn(torch, dense, rows, config.layers[0], batch, config.learning_rate,
                         config.l2, config.seed)
 
   def run_jax():
     nonlocal state
-    state, m = jax_fn(state, problem.fit_data)
+    state, m = jax_fn(state, run.data, run.hyper)
     jax.block_until_ready(m)
 
   run_jax(), t_fn()  # warm-up
