@@ -112,7 +112,7 @@ ROWS = {r.name: r for r in _rows()}
 # ------------------------------------------------------------------ row runners
 
 def _run_train(row: Row, out: pathlib.Path, quick: bool, data_dir, progress) -> dict:
-  from recae_jax import train
+  from recae_jax import runs as run_lib
   from recae_jax.config import make_config
   over = {k: v for k, v in row.params.items() if k != "preset"}
   if quick:
@@ -120,7 +120,7 @@ def _run_train(row: Row, out: pathlib.Path, quick: bool, data_dir, progress) -> 
   cfg = make_config(row.params["preset"], data_dir=data_dir, **over)
   # A directory without metrics.json is an interrupted run: continue it.
   resume = out.exists() and any(out.iterdir())
-  m = runs.run(cfg, out, resume=resume, progress=progress)
+  m = run_lib.run(cfg, out, resume=resume, progress=progress)
   return _from_train_metrics(m, out)
 
 
