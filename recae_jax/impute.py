@@ -68,6 +68,8 @@ ORIENTATIONS = ("user", "item")
 _ELEMENT_BUDGET = 1 << 24
 # Candidates per chunk of fill_matrix's top-k selection (fits in cache).
 _CHUNK_BUDGET = 1 << 21
+# predict_pairs with at most this many pairs uses power-of-two bucket widths.
+_FEW_PAIRS = 1 << 15
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,7 +341,7 @@ class _Prepared:
   """Host/device state shared by fill_matrix and predict_pairs."""
 
   def __init__(self, train: Ratings, cfg: KNNConfig, for_pairs: bool,
-               features: bool = True):
+               features: bool = True, pow2: bool = False):
     if not isinstance(train, Ratings):
       raise UserError(f"train must be Ratings, got {type(train).__name__}")
     self.cfg = cfg
@@ -385,10 +387,8 @@ class _Prepared:
     self.k = k
     if features:
       min_raters = 0 if for_pairs else (k if k is not None else self.u)
-      # Pairs are cheap per candidate but each bucket shape compiles
-      # (~0.2 s): coarser widths there; fills keep the tighter ones.
       self.buckets = _rater_buckets(rows, self.row_off, self.col_off,
-                                    min_raters, pow2=for_pairs)
+                                    min_raters, pow2=pow2)
 
   def block_size(self, requested: Optional[int]) -> int:
     if requested:
@@ -550,7 +550,9 @@ def predict_pairs(train: Ratings, users: Sequence[int], items: Sequence[int],
   users = np.asarray(users, np.int64)
   items = np.asarray(items, np.int64)
   _check_pairs(train, users, items)
-  prep = _Prepared(train, cfg, for_pairs=True)
+  # Each bucket shape compiles (~0.2 s): for few pairs, coarser widths (half
+  # the buckets); for many, the tighter ones (~15% less work per pair).
+  prep = _Prepared(train, cfg, for_pairs=True, pow2=len(users) <= _FEW_PAIRS)
   if prep.item_rows:  # rows are items: the pair's "user" is its item
     users, items = items, users
   n = len(users)

@@ -385,3 +385,54 @@ def test_new_bad_input_and_progress():
   lines = []
   impute.fill_matrix(train, block_size=4, progress=lines.append)
   assert lines and lines[-1].startswith("fill: 30/30 rows (100%)")
+
+
+def _tiny_csv(tmp_path):
+  rng = np.random.default_rng(0)
+  rows = [(u, i, int(rng.integers(1, 6)), 1000 + u * 50 + i)
+          for u in range(1, 41) for i in range(1, 31) if rng.random() < 0.5]
+  path = tmp_path / "ratings.csv"
+  path.write_text("userId,movieId,rating,timestamp\n"
+                  + "".join(f"{u},{i},{r},{t}\n" for u, i, r, t in rows))
+  return path
+
+
+@pytest.mark.parametrize("flags", [
+    ["--similarity=pearson_baseline", "--baseline=als", "--orientation=item",
+     "--shrinkage=100", "--positive_only", "--save_matrix"],
+    ["--baseline=sgd", "--orientation=user"],
+    ["--baseline_only"],
+    ["--select", "--valid_fraction=0.1"]])
+def test_script_new_models(tmp_path, flags):
+  out = tmp_path / "run"
+  res = _script(f"--dataset={_tiny_csv(tmp_path)}", "--split=random",
+                "--neighbors=5", f"--workdir={out}", *flags)
+  assert res.returncode == 0, res.stderr[-2000:]
+  metrics = json.loads((out / "metrics.json").read_text())
+  assert np.isfinite(metrics["test_rmse"]) and metrics["n_test"] > 0
+  config = json.loads((out / "config.json").read_text())
+  assert {"baseline", "orientation", "baseline_only", "select"} <= set(config)
+  if "--select" in flags:
+    assert metrics["choice"] in [c["config"] for c in metrics["candidates"]]
+    assert len(metrics["candidates"]) == len(impute.CANDIDATES)
+  if "--save_matrix" in flags:
+    assert np.load(out / "filled.npy").shape == (40, 30)
+    assert "fill: 30/30 rows (100%)" in res.stdout  # item rows: 30 items
+
+@pytest.mark.parametrize("flag,name", [("--baseline=lbfgs", "--baseline"),
+                                       ("--similarity=jaccard", "--similarity"),
+                                       ("--shrinkage=-1", "--shrinkage"),
+                                       ("--orientation=diag", "--orientation")])
+def test_script_new_bad_flags(tmp_path, flag, name):
+  res = _script(flag, f"--workdir={tmp_path}")
+  assert res.returncode == 2 and "Traceback" not in res.stderr
+  assert res.stderr.strip().count("\n") == 0 and name in res.stderr
+
+
+def test_script_empty_base(tmp_path):
+  path = tmp_path / "one.csv"
+  path.write_text("userId,movieId,rating,timestamp\n1,1,4,100\n")
+  res = _script(f"--dataset={path}", "--split=random", "--test_fraction=0.6",
+                f"--workdir={tmp_path / 'run'}")
+  assert res.returncode == 2 and "Traceback" not in res.stderr
+  assert "no ratings" in res.stderr and res.stderr.strip().count("\n") == 0
