@@ -26,10 +26,15 @@ numbers floored) or ISO-8601 dates/times (`2014-05-23`,
 `2014-05-23T10:00:00+02:00`; naive ones are UTC) and become int64 Unix seconds.
 
 Plain numeric `user,item,rating[,timestamp]` files (with or without header)
-still take the one-pass typed C-engine read of `movielens`; everything else
-is read as strings by one pandas C-engine read (CSV/TSV with quoting) or by
-vectorized line splitting (`::`, whitespace, unquoted files) and converted a
-column at a time. Parquet needs pyarrow (`pip install 'recae_jax[parquet]'`).
+still take the one-pass typed C-engine read (`_parse_fast`, which the
+MovieLens loaders use too); everything else is read as strings by one pandas
+C-engine read (CSV/TSV with quoting) or by vectorized line splitting (`::`,
+whitespace, unquoted files) and converted a column at a time. Parquet needs
+pyarrow (`pip install 'recae_jax[parquet]'`).
+
+This module also holds the low-level parsing shared with `movielens` (file
+checks, decoding, field splitting, the typed fast read, `RatingsFormat`,
+`file_sha256`); `movielens` imports it, never the other way round.
 
 `from_frame(df, user=..., item=..., rating=..., timestamp=None)` does the same
 conversion for a DataFrame already in memory.
@@ -52,6 +57,7 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
+from recae_jax.data import download as _download
 from recae_jax.data.types import Dataset, Ratings
 from recae_jax.errors import UserError
 
@@ -247,7 +253,6 @@ def ids_column(values, where: _Where, what: str,
   else keeps the ids as str in an object array (surrounding spaces
   stripped).
   """
-  from recae_jax.data.movielens import _remap
   arr = _array(values)
   if arr.dtype.kind in "iu":
     if arr.dtype.kind == "u" and len(arr) and arr.max() >= 2**63:
@@ -473,6 +478,163 @@ def from_frame(df: pd.DataFrame, user, item, rating, timestamp=None, *,
                   rating_scale=rating_scale)
 
 
+# ------------------------------------------- low-level parsing (shared)
+#
+# File checks, decoding and field splitting that name the bad line, the
+# typed one-pass read of plain numeric files, id remapping and the cached
+# file hash. `movielens` imports these (and re-exports them under the
+# names it has always had); this module never imports `movielens`.
+
+_SEP_NAMES = {",": "','", "\t": "tab", "::": "'::'", " ": "whitespace",
+              "|": "'|'"}
+_COLUMNS = ("user", "item", "rating", "timestamp")
+
+
+@dataclasses.dataclass(frozen=True)
+class RatingsFormat:
+  """How a ratings file is laid out (known, or sniffed from its head)."""
+  sep: str            # ",", "\t", "::", or " " for runs of whitespace
+  n_fields: int       # 3 (no timestamp) or 4
+  header_lines: int   # 0 or 1
+  encoding: str = "utf-8"
+
+
+def _line_error(path, line: int, problem: str) -> UserError:
+  return UserError(f"{path}, line {line}: {problem}")
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+  """sha256 of a file, cached per (path, size, mtime) so reloads are free."""
+  st = os.stat(path)
+  key = (str(pathlib.Path(path).resolve()), st.st_size, st.st_mtime_ns)
+  if key not in _HASHES:
+    _HASHES[key] = _download.sha256_file(path)
+  return _HASHES[key]
+
+
+def _require_file(path: pathlib.Path, what: str) -> None:
+  if not path.is_file():
+    raise UserError(f"missing file {path} ({what})")
+
+
+def _check_head(path: pathlib.Path, head: bytes) -> None:
+  """Cheap encoding checks on the first block: empty, UTF-16, binary."""
+  if not head:
+    raise UserError(f"{path}: file is empty")
+  if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+    raise UserError(f"{path}: looks like UTF-16 text (byte-order mark); "
+                    f"re-save it as UTF-8")
+  nul = head.find(b"\x00")
+  if nul >= 0:
+    raise _line_error(path, head.count(b"\n", 0, nul) + 1,
+                      "contains NUL bytes (UTF-16 or binary data?); expected "
+                      "UTF-8 text")
+
+
+def _decode(path: pathlib.Path, data: bytes, encoding: str) -> str:
+  try:
+    text = data.decode(encoding)
+  except UnicodeDecodeError as e:
+    raise _line_error(path, data.count(b"\n", 0, e.start) + 1,
+                      f"byte 0x{data[e.start]:02x} is not valid {encoding} "
+                      f"text; re-save the file as {encoding}") from None
+  nul = text.find("\x00")
+  if nul >= 0:
+    raise _line_error(path, text.count("\n", 0, nul) + 1,
+                      "contains NUL bytes (UTF-16 or binary data?)")
+  return text
+
+
+def _text_lines(path: pathlib.Path, encoding: str,
+                skip: int = 0) -> tuple[pd.Series, int]:
+  """The file's lines as a Series (CR stripped, trailing blank lines dropped)
+  after `skip` header lines, plus the line number of the first one."""
+  data = path.read_bytes()
+  _check_head(path, data[:65536])
+  text = _decode(path, data, encoding)
+  if text.startswith("\ufeff"):
+    text = text[1:]
+  lines = pd.Series(text.split("\n"), dtype=object).str.rstrip("\r")
+  nonblank = np.flatnonzero(lines.str.strip().str.len().to_numpy() > 0)
+  if len(nonblank) == 0:
+    raise UserError(f"{path}: file is empty (only blank lines)")
+  lines = lines.iloc[skip:nonblank[-1] + 1]
+  if len(lines) == 0:
+    raise UserError(f"{path}: has a header line but no data")
+  return lines.reset_index(drop=True), skip + 1
+
+
+def _split_fields(path: pathlib.Path, lines: pd.Series, first_line: int,
+                  sep: str, n_fields: int, what: str) -> pd.DataFrame:
+  """Splits lines into exactly `n_fields` string columns or names the first
+  line with another count (blank lines count as 0 fields)."""
+  blank = lines.str.strip().str.len().to_numpy() == 0
+  if sep == " ":
+    counts = lines.str.split().str.len().to_numpy()
+  else:
+    counts = lines.str.count(re.escape(sep)).to_numpy() + 1
+  counts = np.where(blank, 0, counts)
+  bad = np.flatnonzero(counts != n_fields)
+  if len(bad):
+    row = bad[0]
+    problem = ("empty line" if counts[row] == 0 else
+               f"found {counts[row]} fields")
+    raise _line_error(path, first_line + row,
+                      f"expected {n_fields} {_SEP_NAMES.get(sep, repr(sep))}"
+                      f"-separated fields ({what}), {problem}")
+  if sep == " ":
+    return lines.str.split(expand=True)
+  return lines.str.split(sep, regex=False, expand=True)
+
+
+def _parse_fast(path: pathlib.Path, fmt: RatingsFormat) -> Optional[pd.DataFrame]:
+  """One C-engine read with explicit dtypes; None if anything looks off."""
+  names = list(_COLUMNS[:fmt.n_fields])
+  dtype = {"user": np.int64, "item": np.int64, "rating": np.float32,
+           "timestamp": np.int64}
+  sep = fmt.sep
+  if fmt.sep == "::":
+    # Split on ':' (C engine) and expect the fields in between to be empty.
+    sep = ":"
+    gaps = [f"_gap{k}" for k in range(fmt.n_fields - 1)]
+    names = [x for pair in zip(names, gaps + [None]) for x in pair if x]
+    dtype.update({g: np.float32 for g in gaps})
+  elif fmt.sep == " ":
+    sep = r"\s+"
+  try:
+    df = pd.read_csv(
+        path, sep=sep, header=None, skiprows=fmt.header_lines, names=names,
+        dtype={k: v for k, v in dtype.items() if k in names}, engine="c",
+        quoting=csv.QUOTE_NONE, skip_blank_lines=False, index_col=False,
+        encoding=fmt.encoding)
+  except Exception:  # any parser complaint: the slow path explains it
+    return None
+  if fmt.sep == "::":
+    if not df[[c for c in names if c.startswith("_gap")]].isna().all().all():
+      return None
+    df = df[list(_COLUMNS[:fmt.n_fields])]
+  if len(df) == 0 or df["rating"].isna().any():
+    return None
+  return df
+
+
+def _remap(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Sorted unique ids and each id's index into them (int32)."""
+  lo, hi = int(ids.min()), int(ids.max())
+  if hi - lo < 4 * len(ids) + 1024:  # dense id range: O(n), no sort
+    present = np.zeros(hi - lo + 1, bool)
+    present[ids - lo] = True
+    uniq = np.flatnonzero(present).astype(np.int64) + lo
+    lut = (np.cumsum(present) - 1).astype(np.int32)
+    return uniq, lut[ids - lo]
+  uniq, inverse = np.unique(ids, return_inverse=True)
+  return uniq, inverse.astype(np.int32)
+
+
+
 # ------------------------------------------------------------------ files
 
 
@@ -554,8 +716,7 @@ def _read_csv(path: pathlib.Path, sep: str, header: int, n_fields: int,
   strings. A vectorized byte scan (`_scan_records`) gives every record's
   line number and field count, so a short or long line is named exactly.
   """
-  from recae_jax.data import movielens
-  sep_name = movielens._SEP_NAMES.get(sep, repr(sep))
+  sep_name = _SEP_NAMES.get(sep, repr(sep))
   data = path.read_bytes()
   records = _scan_records(data, sep)
   lines, counts = records.lines[header:], records.fields[header:]
@@ -594,7 +755,7 @@ def _read_csv(path: pathlib.Path, sep: str, header: int, n_fields: int,
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=use)
   except UnicodeDecodeError:
-    movielens._decode(path, data, "utf-8")  # names the line
+    _decode(path, data, "utf-8")  # names the line
     raise UserError(f"{path}: not valid UTF-8 text; re-save it as UTF-8"
                     ) from None
   except pd.errors.EmptyDataError:
@@ -660,18 +821,17 @@ def _load_parquet(path: pathlib.Path, spec: dict, duplicates: str,
 def load_file(path: str | os.PathLike, *, columns: str = "",
               duplicates: str = "error") -> Dataset:
   """A Dataset from a CSV / TSV / `::` / whitespace / Parquet ratings file."""
-  from recae_jax.data import movielens
   path = pathlib.Path(path)
   spec = parse_columns(columns)
-  movielens._require_file(path, "ratings file")
+  _require_file(path, "ratings file")
   if duplicates not in ("error", "last"):
     raise UserError(f"duplicates={duplicates!r}: expected 'error' or 'last'")
   with open(path, "rb") as f:
     head = f.read(65536)
-  files = {str(path): movielens.file_sha256(path)}
+  files = {str(path): file_sha256(path)}
   if head.startswith(b"PAR1") or path.suffix.lower() in PARQUET_SUFFIXES:
     return _load_parquet(path, spec, duplicates, files)
-  movielens._check_head(path, head)
+  _check_head(path, head)
   text = head.decode("utf-8", errors="replace").lstrip("\ufeff")
   lines = [line.rstrip("\r") for line in text.split("\n")[:3]]
   nonblank = [line for line in lines if line.strip()]
@@ -698,8 +858,8 @@ def load_file(path: str | os.PathLike, *, columns: str = "",
            roles == {r: i for i, r in enumerate(ROLES[:n_fields])})
   df = None
   if plain:
-    fmt = movielens.RatingsFormat(sep, n_fields, header)
-    df = movielens._parse_fast(path, fmt)
+    fmt = RatingsFormat(sep, n_fields, header)
+    df = _parse_fast(path, fmt)
     if df is not None:
       cols = {r: df[r] for r in ROLES[:n_fields]}
       where = _Where(str(path), "line", _lines_from(header + 1))
@@ -708,8 +868,8 @@ def load_file(path: str | os.PathLike, *, columns: str = "",
     if sep in (",", "\t"):
       cols, where = _read_csv(path, sep, header, n_fields, roles, what)
     else:  # '::' and whitespace: split lines (the C parser has no '::')
-      body, start = movielens._text_lines(path, "utf-8", skip=header)
-      split = movielens._split_fields(path, body, start, sep, n_fields, what)
+      body, start = _text_lines(path, "utf-8", skip=header)
+      split = _split_fields(path, body, start, sep, n_fields, what)
       cols = {r: split[i] for r, i in roles.items()}
       where = _Where(str(path), "line", _lines_from(start))
   return assemble(path.name, cols, where, duplicates=duplicates,

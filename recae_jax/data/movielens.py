@@ -28,11 +28,8 @@ line) is kept and a `warnings.warn` says how many were dropped.
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import os
 import pathlib
-import re
 import warnings
 from typing import Optional, Sequence
 
@@ -40,6 +37,13 @@ import numpy as np
 import pandas as pd
 
 from recae_jax.data import download as _download
+from recae_jax.data import generic, synthetic
+# The low-level parsing pieces live in `generic` (which never imports this
+# module); re-exported here under the names they have always had.
+from recae_jax.data.generic import (  # noqa: F401
+    _COLUMNS, _HASHES, _SEP_NAMES, RatingsFormat, _check_head, _decode,
+    _line_error, _parse_fast, _remap, _require_file, _split_fields,
+    _text_lines, file_sha256)
 from recae_jax.data.types import Dataset, Ratings
 from recae_jax.errors import UserError
 
@@ -65,18 +69,6 @@ ML1M_OCCUPATIONS = (
     "technician/engineer", "tradesman/craftsman", "unemployed", "writer")
 
 _INT_RE = r"\s*[+-]?\d{1,18}\s*"  # 18 digits always fit in int64
-_SEP_NAMES = {",": "','", "\t": "tab", "::": "'::'", " ": "whitespace",
-              "|": "'|'"}
-_COLUMNS = ("user", "item", "rating", "timestamp")
-
-
-@dataclasses.dataclass(frozen=True)
-class RatingsFormat:
-  """How a ratings file is laid out (known, or sniffed from its head)."""
-  sep: str            # ",", "\t", "::", or " " for runs of whitespace
-  n_fields: int       # 3 (no timestamp) or 4
-  header_lines: int   # 0 or 1
-  encoding: str = "utf-8"
 
 
 # ---------------------------------------------------------------- helpers
@@ -85,97 +77,6 @@ class RatingsFormat:
 def _show(value) -> str:
   text = repr(str(value))
   return text if len(text) <= 40 else text[:37] + "...'"
-
-
-def _line_error(path, line: int, problem: str) -> UserError:
-  return UserError(f"{path}, line {line}: {problem}")
-
-
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-  """sha256 of a file, cached per (path, size, mtime) so reloads are free."""
-  st = os.stat(path)
-  key = (str(pathlib.Path(path).resolve()), st.st_size, st.st_mtime_ns)
-  if key not in _HASHES:
-    _HASHES[key] = _download.sha256_file(path)
-  return _HASHES[key]
-
-
-def _require_file(path: pathlib.Path, what: str) -> None:
-  if not path.is_file():
-    raise UserError(f"missing file {path} ({what})")
-
-
-def _check_head(path: pathlib.Path, head: bytes) -> None:
-  """Cheap encoding checks on the first block: empty, UTF-16, binary."""
-  if not head:
-    raise UserError(f"{path}: file is empty")
-  if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-    raise UserError(f"{path}: looks like UTF-16 text (byte-order mark); "
-                    f"re-save it as UTF-8")
-  nul = head.find(b"\x00")
-  if nul >= 0:
-    raise _line_error(path, head.count(b"\n", 0, nul) + 1,
-                      "contains NUL bytes (UTF-16 or binary data?); expected "
-                      "UTF-8 text")
-
-
-def _decode(path: pathlib.Path, data: bytes, encoding: str) -> str:
-  try:
-    text = data.decode(encoding)
-  except UnicodeDecodeError as e:
-    raise _line_error(path, data.count(b"\n", 0, e.start) + 1,
-                      f"byte 0x{data[e.start]:02x} is not valid {encoding} "
-                      f"text; re-save the file as {encoding}") from None
-  nul = text.find("\x00")
-  if nul >= 0:
-    raise _line_error(path, text.count("\n", 0, nul) + 1,
-                      "contains NUL bytes (UTF-16 or binary data?)")
-  return text
-
-
-def _text_lines(path: pathlib.Path, encoding: str,
-                skip: int = 0) -> tuple[pd.Series, int]:
-  """The file's lines as a Series (CR stripped, trailing blank lines dropped)
-  after `skip` header lines, plus the line number of the first one."""
-  data = path.read_bytes()
-  _check_head(path, data[:65536])
-  text = _decode(path, data, encoding)
-  if text.startswith("\ufeff"):
-    text = text[1:]
-  lines = pd.Series(text.split("\n"), dtype=object).str.rstrip("\r")
-  nonblank = np.flatnonzero(lines.str.strip().str.len().to_numpy() > 0)
-  if len(nonblank) == 0:
-    raise UserError(f"{path}: file is empty (only blank lines)")
-  lines = lines.iloc[skip:nonblank[-1] + 1]
-  if len(lines) == 0:
-    raise UserError(f"{path}: has a header line but no data")
-  return lines.reset_index(drop=True), skip + 1
-
-
-def _split_fields(path: pathlib.Path, lines: pd.Series, first_line: int,
-                  sep: str, n_fields: int, what: str) -> pd.DataFrame:
-  """Splits lines into exactly `n_fields` string columns or names the first
-  line with another count (blank lines count as 0 fields)."""
-  blank = lines.str.strip().str.len().to_numpy() == 0
-  if sep == " ":
-    counts = lines.str.split().str.len().to_numpy()
-  else:
-    counts = lines.str.count(re.escape(sep)).to_numpy() + 1
-  counts = np.where(blank, 0, counts)
-  bad = np.flatnonzero(counts != n_fields)
-  if len(bad):
-    row = bad[0]
-    problem = ("empty line" if counts[row] == 0 else
-               f"found {counts[row]} fields")
-    raise _line_error(path, first_line + row,
-                      f"expected {n_fields} {_SEP_NAMES.get(sep, repr(sep))}"
-                      f"-separated fields ({what}), {problem}")
-  if sep == " ":
-    return lines.str.split(expand=True)
-  return lines.str.split(sep, regex=False, expand=True)
 
 
 def _int_column(path, col: pd.Series, first_line: int,
@@ -237,37 +138,6 @@ def sniff_format(path: str | os.PathLike, *, sep: Optional[str] = None,
   return RatingsFormat(sep, n_fields, header, encoding)
 
 
-def _parse_fast(path: pathlib.Path, fmt: RatingsFormat) -> Optional[pd.DataFrame]:
-  """One C-engine read with explicit dtypes; None if anything looks off."""
-  names = list(_COLUMNS[:fmt.n_fields])
-  dtype = {"user": np.int64, "item": np.int64, "rating": np.float32,
-           "timestamp": np.int64}
-  sep = fmt.sep
-  if fmt.sep == "::":
-    # Split on ':' (C engine) and expect the fields in between to be empty.
-    sep = ":"
-    gaps = [f"_gap{k}" for k in range(fmt.n_fields - 1)]
-    names = [x for pair in zip(names, gaps + [None]) for x in pair if x]
-    dtype.update({g: np.float32 for g in gaps})
-  elif fmt.sep == " ":
-    sep = r"\s+"
-  try:
-    df = pd.read_csv(
-        path, sep=sep, header=None, skiprows=fmt.header_lines, names=names,
-        dtype={k: v for k, v in dtype.items() if k in names}, engine="c",
-        quoting=csv.QUOTE_NONE, skip_blank_lines=False, index_col=False,
-        encoding=fmt.encoding)
-  except Exception:  # any parser complaint: the slow path explains it
-    return None
-  if fmt.sep == "::":
-    if not df[[c for c in names if c.startswith("_gap")]].isna().all().all():
-      return None
-    df = df[list(_COLUMNS[:fmt.n_fields])]
-  if len(df) == 0 or df["rating"].isna().any():
-    return None
-  return df
-
-
 def _parse_slow(path: pathlib.Path, fmt: RatingsFormat) -> pd.DataFrame:
   """Reads the file as text and names the first bad line (or parses it)."""
   lines, first = _text_lines(path, fmt.encoding, skip=fmt.header_lines)
@@ -317,19 +187,6 @@ def read_ratings_file(path: str | os.PathLike,
   if "timestamp" not in df:
     df = df.assign(timestamp=np.zeros(len(df), np.int64))
   return df, first
-
-
-def _remap(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Sorted unique ids and each id's index into them (int32)."""
-  lo, hi = int(ids.min()), int(ids.max())
-  if hi - lo < 4 * len(ids) + 1024:  # dense id range: O(n), no sort
-    present = np.zeros(hi - lo + 1, bool)
-    present[ids - lo] = True
-    uniq = np.flatnonzero(present).astype(np.int64) + lo
-    lut = (np.cumsum(present) - 1).astype(np.int32)
-    return uniq, lut[ids - lo]
-  uniq, inverse = np.unique(ids, return_inverse=True)
-  return uniq, inverse.astype(np.int32)
 
 
 def _lookup(path, known: np.ndarray, ids: np.ndarray, first: int,
@@ -621,7 +478,6 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
 def _load_synthetic(name: str) -> Dataset:
   """"synthetic:<shape>" (ml-100k, ml-1m, ml-20m, netflix) or
   "synthetic:<users>x<items>x<ratings>": data.synthetic.generate, seed 0."""
-  from recae_jax.data import synthetic
   spec = name.split(":", 1)[1]
   parts = spec.split("x")
   if spec in synthetic.SHAPES:
@@ -638,7 +494,6 @@ def _load_synthetic(name: str) -> Dataset:
 
 
 def _load_generic(name: str, duplicates: str, columns: str = "") -> Dataset:
-  from recae_jax.data import generic
   path = pathlib.Path(name).expanduser()
   if not path.exists():
     looks_like_path = (os.sep in name or "/" in name or path.suffix != "")
