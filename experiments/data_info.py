@@ -2,6 +2,8 @@
 
   python experiments/data_info.py --dataset=ml-100k --split=u1
   python experiments/data_info.py --dataset=path/to/ratings.csv
+  python experiments/data_info.py --dataset=reviews.csv \
+      --columns=user=reviewer,item=product,rating=stars
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "ml-100k",
                     "Dataset name or path to a user,item,rating[,timestamp] file.")
 flags.DEFINE_string("data_dir", None, "Dataset folder or its parent.")
+flags.DEFINE_string("columns", "",
+                    "Ratings files only: user=COL,item=COL,rating=COL"
+                    "[,timestamp=COL] (COL a header name or 1-based column "
+                    "number); roles left out are found by header name.")
 flags.DEFINE_bool("download", True, "Download from GroupLens if not found.")
 flags.DEFINE_enum("duplicates", "error", ["error", "last"],
                   "What to do with repeated (user, item) ratings.")
@@ -51,9 +57,10 @@ def _summary(r: Ratings) -> dict:
 
 def info(dataset_name: str, data_dir: Optional[str] = None,
          split: str = "none", *, download: bool = True,
-         duplicates: str = "error", **split_kwargs) -> dict:
+         duplicates: str = "error", columns: str = "",
+         **split_kwargs) -> dict:
   ds = movielens.load_dataset(dataset_name, data_dir, download=download,
-                              duplicates=duplicates)
+                              duplicates=duplicates, columns=columns)
   r = ds.ratings
   out = {
       "dataset": ds.name,
@@ -103,7 +110,7 @@ def main(argv):
       n_heldout_users=FLAGS.n_heldout_users)
   print(json.dumps(info(FLAGS.dataset, FLAGS.data_dir, FLAGS.split,
                         download=FLAGS.download, duplicates=FLAGS.duplicates,
-                        **split_kwargs), indent=2))
+                        columns=FLAGS.columns, **split_kwargs), indent=2))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import calendar
 import datetime
 import importlib.util
@@ -450,6 +451,72 @@ def test_script_exit_2_on_ambiguous_columns(tmp_path):
       timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert json.loads(proc.stdout)["users"] == 2
+
+
+def test_script_columns_flag_names_nonstandard_headers(tmp_path):
+  """data_info --columns: same meaning as Config.columns / load_dataset."""
+  path = _write(tmp_path, "reviewer,product,text,grade,day\n"
+                "a,p1,nice,5,2014-05-23\n"
+                "b,p1,\"ok, fine\",3,2014-05-24\n"
+                "a,p2,meh,2,2014-05-25\n")
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+
+  def info(*args):
+    return subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "data_info.py"), *args],
+        capture_output=True, text=True, env=env, timeout=120)
+
+  proc = info(f"--dataset={path}")  # no known header names: a clear error
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert "no user column" in proc.stderr and "--columns" in proc.stderr
+  proc = info(f"--dataset={path}",
+              "--columns=user=reviewer,item=product,rating=grade,"
+              "timestamp=day")
+  assert proc.returncode == 0, proc.stderr
+  out = json.loads(proc.stdout)
+  want = load_dataset(path, columns="user=reviewer,item=product,rating=grade,"
+                      "timestamp=day")
+  assert (out["users"], out["items"], out["ratings"]) == (2, 2, 3)
+  assert out["rating_scale"] == [2.0, 5.0]
+  assert out["rating_histogram"] == {"2": 1, "3": 1, "5": 1}
+  assert out["files"] == want.files
+  proc = info(f"--dataset={path}", "--columns=user=1,item=2,rating=4")
+  assert proc.returncode == 0, proc.stderr  # by number; day left unused
+  assert json.loads(proc.stdout)["ratings"] == 3
+  proc = info(f"--dataset={path}", "--columns=user=nobody")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert "no column 'nobody'" in proc.stderr
+  proc = info("--dataset=ml-100k", "--nodownload", "--columns=user=1")
+  assert proc.returncode == 2 and "fixed columns" in proc.stderr
+
+
+def test_no_import_cycle_and_imports_at_module_top():
+  """generic never imports movielens (movielens imports it), neither imports
+  inside a function except pyarrow (optional), and movielens still has the
+  shared parsing names, as the very objects generic uses."""
+  folder = REPO / "recae_jax" / "data"
+  for name in ("generic", "movielens"):
+    tree = ast.parse((folder / f"{name}.py").read_text())
+    top = set()
+    for node in tree.body:
+      if isinstance(node, ast.ImportFrom) and node.module:
+        top |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+      elif isinstance(node, ast.Import):
+        top |= {a.name for a in node.names}
+    if name == "generic":
+      assert not any("movielens" in t for t in top)
+    for fn in ast.walk(tree):
+      if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        for node in ast.walk(fn):
+          if isinstance(node, (ast.Import, ast.ImportFrom)):
+            mods = ([a.name for a in node.names] if isinstance(
+                node, ast.Import) else [node.module or ""])
+            assert all(m.split(".")[0] == "pyarrow" for m in mods), (
+                name, fn.name, mods)
+  for attr in ("RatingsFormat", "file_sha256", "_HASHES", "_remap",
+               "_parse_fast", "_text_lines", "_split_fields", "_check_head",
+               "_decode", "_require_file", "_SEP_NAMES"):
+    assert getattr(movielens, attr) is getattr(generic, attr), attr
 
 
 # ------------------------------------------------------------------- fuzz
