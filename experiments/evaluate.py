@@ -33,6 +33,14 @@ def main(argv):
     raise UserError(f"--ks: not a list of integers: {','.join(FLAGS.ks)}") from None
   if not ks or min(ks) <= 0:
     raise UserError(f"--ks: cut-offs must be positive, got {ks}")
+  if restore.is_topn(FLAGS.workdir):  # a top-N run: ranking metrics only
+    rec = recommend.from_workdir(FLAGS.workdir)
+    out = {"workdir": FLAGS.workdir, "dataset": rec.config.dataset, "model": rec.kind,
+           "ranking": recommend.evaluate(rec, ks=ks)}
+    print(json.dumps(out, indent=2, sort_keys=True))
+    if FLAGS.out:
+      wd.write_json(FLAGS.out, out)
+    return
   r = restore.load_workdir(FLAGS.workdir)
   errors = restore.test_errors(r)
   rec = recommend.from_restored(r)

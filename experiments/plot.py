@@ -42,8 +42,9 @@ def _history(workdir: pathlib.Path) -> list:
 def _is_topn(workdir: pathlib.Path) -> bool:
   path = workdir / "config.json"
   try:
-    return path.exists() and "ease_lambdas" in json.loads(path.read_text())
-  except json.JSONDecodeError:
+    return path.exists() and json.loads(path.read_text()).get("model", "autoencoder") in (
+        "mult_vae", "mult_dae", "ease", "popularity")
+  except (OSError, ValueError):
     return False
 
 

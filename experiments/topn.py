@@ -20,7 +20,7 @@ import json
 
 from absl import app, flags
 
-from recae_jax import topn
+from recae_jax import recommend, topn
 from recae_jax.errors import UserError, run_main
 
 flags.DEFINE_list("models", ["popularity", "ease", "mult_dae", "mult_vae"],
@@ -75,7 +75,7 @@ def main(argv):
     r.pop("_fitted")
     results[cfg.model] = r
   for name, cfg in ae_configs:
-    results[name] = topn.run_rating_ae(cfg, protocol, f"{FLAGS.workdir}/{name}",
+    results[name] = recommend.run_rating_ae(cfg, protocol, f"{FLAGS.workdir}/{name}",
                                        ks=base.ks, progress=lambda s: None)
   if FLAGS.json:
     print(json.dumps(results, indent=2, sort_keys=True))

@@ -244,6 +244,16 @@ class MultVAE:
           "bias": 0.001 * jax.random.normal(keys[2 * i + 1], shape[1:], jnp.float32)}
     return params
 
+  def encode(self, params, x_BxI) -> jax.Array:
+    """The latent code of each row: μ (VAE) or the tanh code (DAE)."""
+    dense = lambda name, h: h @ params[name]["kernel"] + params[name]["bias"]
+    h = x_BxI / jnp.maximum(jnp.linalg.norm(x_BxI, axis=1, keepdims=True), 1e-12)
+    for i in range(len(self.hidden)):
+      h = jnp.tanh(dense(f"enc_{i}", h))
+    if self.variational:
+      return jnp.split(dense("enc_latent", h), 2, axis=-1)[0]
+    return jnp.tanh(dense("enc_latent", h))
+
   def apply(self, params, x_BxI, input_dropout=0.0, rng=None, train: bool = False):
     dense = lambda name, h: h @ params[name]["kernel"] + params[name]["bias"]
     h = x_BxI / jnp.maximum(jnp.linalg.norm(x_BxI, axis=1, keepdims=True), 1e-12)

@@ -1,6 +1,6 @@
 """Use a trained autoencoder: predictions, top-N lists, embeddings, similar items.
 
-    rec = recommend.from_workdir("runs/autorec")        # or from_restored(...)
+    rec = recommend.from_workdir("runs/autorec")        # any workdir: lone, sweep, ensemble, top-N
     recommend.predict_users(rec, users_U)                # [U, I] ratings, jitted
     recommend.recommend(rec, user_id=1, k=10)            # DataFrame + cold-start note
     recommend.top_n(rec, users_U, k)                     # all users, lax.top_k blocks
@@ -18,6 +18,13 @@ its training rating vector; S2's 128-d item codes). The column entity's
 embedding is its column of the last decoder kernel: for AutoRec
 (r̂_iu = g(code_i) · V[:, u] + b_u) that is exactly the vector its code is
 dotted with; in deeper nets it lives in the last hidden layer's space.
+
+Every workdir loads: a lone run; a sweep or the `best` ensemble, whose members'
+predictions are averaged (embeddings come from the first member: members'
+codes live in different spaces); a top-N run (Mult-VAE/DAE: scores are
+logits and item embeddings the output layer's columns, user embeddings the
+latent code; EASE: scores x·B and item embeddings B's columns; popularity:
+scores only). Top-N scores are not ratings, so `predicted_rating` is NaN.
 
 Ranking uses the raw (unclipped) outputs, so 5-star predictions are not all
 tied; displayed ratings are clipped to the rating scale. Only items with at
@@ -40,31 +47,37 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from recae_jax import ranking
+from recae_jax import engine, ranking, restore, topn, train
 from recae_jax import workdir as wd
 from recae_jax.config import Config
 from recae_jax.data import sparse
 from recae_jax.data.types import Dataset, Ratings
 from recae_jax.errors import UserError
 from recae_jax.models import AutoEncoder, DenseInput
-from recae_jax.problem import RowData
-from recae_jax.restore import Restored, load_workdir
+from recae_jax.problem import RowData, build_problem
+from recae_jax.restore import Restored, RestoredTopN
 
 
 @dataclasses.dataclass
 class Recommender:
   config: Config
   dataset: Dataset
-  model: AutoEncoder
-  params: Any
-  data: RowData            # the model's input rows, built from train + validation
+  model: Any               # AutoEncoder, MultVAE, or None (EASE, popularity)
+  params: Any              # rating models: stacked [K, ...] members (averaged)
+  data: Optional[RowData]  # the model's input rows, built from train + validation
   seen: Ratings            # train + validation ratings (what the user "has rated")
   test: Ratings
   seen_rows: sparse.RowSource  # user rows marking seen items
   n_train_U: np.ndarray    # training ratings per user
   n_train_I: np.ndarray    # training ratings per item
   mean_I: np.ndarray       # training mean rating per item (cold-start display)
+  kind: str = "autoencoder"  # or a top-N model: mult_vae, mult_dae, ease, popularity
+  topn_scorer: Any = None  # top-N: (score_fn, ctx) of recae_jax.topn
   _table_UxI: Optional[jax.Array] = None
+
+  @property
+  def is_topn(self) -> bool:
+    return self.kind != "autoencoder"
 
   @property
   def n_users(self) -> int:
@@ -92,17 +105,35 @@ def from_restored(r: Restored) -> Recommender:
       mean_I=(s_i / np.maximum(n_i, 1)).astype(np.float32))
 
 
+def from_topn(r: RestoredTopN) -> Recommender:
+  p = r.protocol
+  seen = p.train.concat(p.valid_in).concat(p.test_in)  # every click shown to the model
+  n_u = np.bincount(seen.users, minlength=seen.n_users)
+  n_i = np.bincount(p.train.items, minlength=seen.n_items)  # candidates: training clicks
+  return Recommender(
+      config=r.config, dataset=p.dataset, model=r.fitted["model"],
+      params=r.fitted["params"], data=None, seen=seen, test=p.test_out,
+      seen_rows=p.inputs, n_train_U=n_u, n_train_I=n_i,
+      mean_I=np.zeros(seen.n_items, np.float32), kind=r.config.model,
+      topn_scorer=(r.fitted["scorer"], r.fitted["ctx"]))
+
+
 def from_workdir(workdir) -> Recommender:
-  return from_restored(load_workdir(workdir))
+  """A Recommender for any workdir (see the module docstring)."""
+  if restore.is_topn(workdir):
+    return from_topn(restore.load_topn(workdir))
+  return from_restored(restore.load_workdir(workdir))
 
 
 # ------------------------------------------------------------ prediction
 
 @functools.partial(jax.jit, static_argnames=("model", "div"))
-def _apply_blocks(model: AutoEncoder, div: float, params, data: RowData, rows_KxB):
+def _apply_blocks(model: AutoEncoder, div: float, params_K, data: RowData, rows_KxB):
+  """The members' average output for every row block."""
   def body(_, rows_B):
     v_BxN, m_BxN, side = data.batch(rows_B)
-    return None, model.apply(params, DenseInput(v_BxN / div, m_BxN, side)) * div
+    x = DenseInput(v_BxN / div, m_BxN, side)
+    return None, engine.over_members(model.apply, params_K, x).mean(0) * div
   _, out = jax.lax.scan(body, None, rows_KxB)
   return out.reshape(-1, out.shape[-1])
 
@@ -128,16 +159,19 @@ class _AEScorer:
   def __call__(self, ctx, rows_B):
     if self.user_rows:
       v_BxN, m_BxN, side = ctx["data"].batch(rows_B)
-      s_BxI = self.model.apply(ctx["params"], DenseInput(v_BxN / self.div, m_BxN,
-                                                         side)) * self.div
+      x = DenseInput(v_BxN / self.div, m_BxN, side)
+      s_BxI = engine.over_members(self.model.apply, ctx["params"], x).mean(0) * self.div
     else:
       s_BxI = ctx["table"][rows_B]
     cold_B = ctx["cold_U"][jnp.minimum(rows_B, ctx["cold_U"].shape[0] - 1)]
     return jnp.where(cold_B[:, None], ctx["pop_I"][None, :], s_BxI)
 
 
-def scorer(rec: Recommender) -> tuple[_AEScorer, dict]:
-  """(score_fn, ctx) for `recae_jax.ranking`: raw predicted ratings per user row."""
+def scorer(rec: Recommender) -> tuple[Any, Any]:
+  """(score_fn, ctx) for `recae_jax.ranking`: raw predicted ratings (or top-N
+  scores) per user row."""
+  if rec.is_topn:
+    return rec.topn_scorer
   user_rows = rec.config.orientation == "user"
   ctx = {"cold_U": jnp.asarray(rec.n_train_U == 0),
          "pop_I": jnp.asarray(rec.n_train_I, jnp.float32)}
@@ -152,6 +186,11 @@ def predict_users(rec: Recommender, users: Sequence[int], clip: bool = True,
                   block_size: int = 256) -> np.ndarray:
   """[len(users), I] predicted ratings (user indices, not ids) for every item."""
   users = np.asarray(users, np.int32)
+  if rec.is_topn:
+    fn, ctx = rec.topn_scorer
+    out = np.concatenate([np.asarray(fn(ctx, jnp.asarray(b)))
+                          for b in np.asarray(ranking._blocks(users, block_size, rec.n_users))])
+    return out[: len(users)]  # scores, not ratings: never clipped
   if rec.config.orientation == "user":
     out = _apply_blocks(rec.model, float(rec.config.rating_divisor), rec.params,
                         rec.data, ranking._blocks(users, block_size, rec.n_users))
@@ -208,22 +247,26 @@ def top_n_frame(rec: Recommender, users: Optional[Sequence[int]] = None,
 
 
 def user_index(dataset: Dataset, user_id) -> int:
-  """Index of an original user id; UserError if unknown."""
-  try:
-    uid = int(str(user_id).strip())
-  except ValueError:
-    raise UserError(f"user id {user_id!r} is not an integer") from None
+  """Index of an original user id (integer or string ids); UserError if unknown."""
   ids = np.asarray(dataset.user_ids)
+  text = str(user_id).strip()
+  if ids.dtype.kind in "iu":
+    try:
+      uid = int(text)
+    except ValueError:
+      raise UserError(f"user id {user_id!r} is not an integer") from None
+  else:
+    uid = text
   pos = np.flatnonzero(ids == uid)
   if len(pos) == 0:
-    raise UserError(f"unknown user id {uid} in {dataset.name} (ids run from "
-                    f"{ids.min()} to {ids.max()}, {len(ids)} users)")
+    span = f"ids run from {ids.min()} to {ids.max()}, " if ids.dtype.kind in "iu" else ""
+    raise UserError(f"unknown user id {uid} in {dataset.name} ({span}{len(ids)} users)")
   return int(pos[0])
 
 
 @dataclasses.dataclass
 class Recommendation:
-  user_id: int
+  user_id: Any
   items: pd.DataFrame      # rank, movie_id, title, predicted_rating, score
   cold_start: bool
   note: str
@@ -246,7 +289,12 @@ def recommend(rec: Recommender, user_id, k: int = 10) -> Recommendation:
   idx, score = idx[0], score[0]
   cold = bool(rec.n_train_U[u] == 0)
   lo, hi = rec.dataset.rating_scale
-  if cold:
+  if rec.is_topn:
+    pred = np.full(len(idx), np.nan)
+    note = (f"user {user_id}: {rec.kind} top-N scores (not ratings); "
+            f"{int(rec.n_train_U[u])} clicks shown to the model excluded; top {k} "
+            f"of {int(rec.candidates_I.sum())} items")
+  elif cold:
     pred = rec.mean_I[idx]
     note = (f"user {user_id} has no training ratings (cold start): showing the "
             f"{k} most-rated movies; predicted_rating is each movie's mean rating")
@@ -256,11 +304,12 @@ def recommend(rec: Recommender, user_id, k: int = 10) -> Recommendation:
             f"top {k} of {int(rec.candidates_I.sum())} movies")
   items = pd.DataFrame({
       "rank": np.arange(1, len(idx) + 1),
-      "movie_id": np.asarray(rec.dataset.item_ids)[idx].astype(int),
+      "movie_id": np.asarray(rec.dataset.item_ids)[idx],
       "title": titles(rec.dataset)[idx],
       "predicted_rating": np.round(pred.astype(float), 3),
       "score": np.round(score.astype(float), 4)})
-  return Recommendation(int(rec.dataset.user_ids[u]), items, cold, note)
+  uid = rec.dataset.user_ids[u]
+  return Recommendation(uid.item() if hasattr(uid, "item") else uid, items, cold, note)
 
 
 # ------------------------------------------------------------ embeddings
@@ -269,17 +318,40 @@ def recommend(rec: Recommender, user_id, k: int = 10) -> Recommendation:
 def _encode_blocks(model: AutoEncoder, div: float, params, data: RowData, rows_KxB):
   def body(_, rows_B):
     v_BxN, m_BxN, side = data.batch(rows_B)
-    return None, model.encode(params, DenseInput(v_BxN / div, m_BxN, side))
+    return None, model.encode(engine.member(params, 0), DenseInput(v_BxN / div, m_BxN, side))
   _, out = jax.lax.scan(body, None, rows_KxB)
   return out.reshape(-1, out.shape[-1])
 
 
 def _last_decoder_kernel(rec: Recommender) -> np.ndarray:
-  names = sorted((k for k in rec.params if k.startswith("dec_") and
+  """[H, N] output kernel of the first member (members' spaces differ)."""
+  params = engine.member(rec.params, 0)
+  names = sorted((k for k in params if k.startswith("dec_") and
                   k.endswith("_kernel")), key=lambda k: int(k.split("_")[1]))
   if not names:  # tied decoder: the transposed first encoder kernel
-    return np.asarray(rec.params["enc_0_kernel"]).T[:, : rec.model.n_outputs]
-  return np.asarray(rec.params[names[-1]])
+    return np.asarray(params["enc_0_kernel"]).T[:, : rec.model.n_outputs]
+  return np.asarray(params[names[-1]])
+
+
+def _topn_embeddings(rec: Recommender, kind: str) -> np.ndarray:
+  """Top-N models: Mult-VAE/DAE items = output-layer columns, users = latent
+  codes; EASE items = columns of B (zero for non-candidates)."""
+  if rec.kind in ("mult_vae", "mult_dae"):
+    if kind == "item":
+      return np.asarray(rec.params["dec_out"]["kernel"]).T.copy()
+    fn = jax.jit(lambda p, rows: rec.model.encode(p, rec.seen_rows.gather(rows)[0]))
+    users = np.arange(rec.n_users, dtype=np.int32)
+    blocks = np.asarray(ranking._blocks(users, 512, rec.n_users))
+    return np.concatenate([np.asarray(fn(rec.params, jnp.asarray(b))) for b in blocks]
+                          )[: rec.n_users]
+  if rec.kind == "ease" and kind == "item":
+    _, ctx = rec.topn_scorer
+    cols = np.asarray(ctx["cols_C"])
+    out = np.zeros((rec.n_items, len(cols)), np.float32)
+    out[cols] = np.asarray(ctx["b_CxC"]).T
+    return out
+  raise UserError(f"a {rec.kind} run has no {kind} embeddings"
+                  + ("; EASE has item embeddings only" if rec.kind == "ease" else ""))
 
 
 def row_codes(rec: Recommender, block_size: int = 512) -> np.ndarray:
@@ -292,6 +364,8 @@ def row_codes(rec: Recommender, block_size: int = 512) -> np.ndarray:
 
 def item_embeddings(rec: Recommender) -> np.ndarray:
   """[I, D]: codes (item-oriented) or output-kernel columns (user-oriented)."""
+  if rec.is_topn:
+    return _topn_embeddings(rec, "item")
   if rec.config.orientation == "item":
     return row_codes(rec)
   return _last_decoder_kernel(rec).T.copy()
@@ -299,6 +373,8 @@ def item_embeddings(rec: Recommender) -> np.ndarray:
 
 def user_embeddings(rec: Recommender) -> np.ndarray:
   """[U, D]: codes (user-oriented) or output-kernel columns (item-oriented)."""
+  if rec.is_topn:
+    return _topn_embeddings(rec, "user")
   if rec.config.orientation == "user":
     return row_codes(rec)
   return _last_decoder_kernel(rec).T.copy()
@@ -430,7 +506,7 @@ def similar_items(rec: Recommender, emb_IxD: np.ndarray, movie, k: int = 10
   idx, sim = similar_to(emb_IxD, [q], k, valid)
   table = pd.DataFrame({
       "rank": np.arange(1, k + 1),
-      "movie_id": np.asarray(rec.dataset.item_ids)[idx[0]].astype(int),
+      "movie_id": np.asarray(rec.dataset.item_ids)[idx[0]],
       "title": titles(rec.dataset)[idx[0]],
       "cosine": np.round(sim[0].astype(float), 4),
       "n_train_ratings": rec.n_train_I[idx[0]]})
@@ -444,12 +520,38 @@ def evaluate(rec: Recommender, ks: Sequence[int] = (10,), threshold: float = 4.0
   """Ranking metrics on the test split: relevant = test rating >= threshold,
   excluding the items each user rated in train/validation."""
   fn, ctx = scorer(rec)
+  if rec.is_topn:  # the held-out users' predict part: every click is relevant
+    threshold = None
   relevant = ranking.relevance_source(rec.test, threshold,
                                       rec.config.dense_budget_mb << 20)
-  users = np.unique(rec.test.users[rec.test.ratings >= threshold])
+  users = np.unique(rec.test.users if threshold is None
+                    else rec.test.users[rec.test.ratings >= threshold])
   out = ranking.evaluate_ranking(
       fn, ctx, users, relevant=relevant, exclude=rec.seen_rows,
       candidates_I=rec.candidates_I, n_items=rec.n_items, pad_row=rec.n_users,
       ks=ks, block_size=block_size)
   out["relevance_threshold"] = threshold
   return out
+
+
+# ------------------------------------------- rating AEs on the top-N protocol
+
+def run_rating_ae(ae_config, protocol: topn.Protocol, workdir, *, ks=(20, 50, 100),
+                  progress=print) -> dict:
+  """Trains a rating AE (a train.Config) on `rating_split(protocol)` and ranks
+  the test users' unseen candidates by its predicted ratings."""
+  split = topn.rating_split(protocol, ae_config.valid_fraction or 0.05, ae_config.split_seed)
+  problem = build_problem(ae_config, protocol.dataset, split)
+  metrics = train.train_and_evaluate(ae_config, workdir, problem=problem,
+                                     progress=progress)
+  model, params, meta = restore.restore_params(ae_config, workdir, problem)
+  rec = from_restored(restore.Restored(
+      pathlib.Path(workdir), ae_config, protocol.dataset, split, problem, model,
+      params, meta))
+  fn, ctx = scorer(rec)
+  test = topn.evaluate_users(fn, ctx, protocol, protocol.test_users, ks=ks)
+  valid = topn.evaluate_users(fn, ctx, protocol, protocol.valid_users, ks=ks)
+  return {"model": f"{ae_config.orientation}-autoencoder", "test": test,
+          "valid": valid, "best_epoch": metrics["best_epoch"],
+          "test_rmse_predict_part": metrics["test_rmse"],
+          "train_seconds": metrics["train_seconds"]}

@@ -1,11 +1,19 @@
 """Load a trained workdir: its config, data, model and selected parameters.
 
-`load_workdir(dir)` re-reads `config.json`, rebuilds the dataset and split
-with `problem.load_split` (deterministic per config, so the same ratings are
-"seen"), rebuilds the Problem with `problem.build_problem`, and restores the
-newest readable checkpoint's `best_params` (the epoch chosen on validation)
-into `jax.eval_shape` of a fresh train state. Ensemble workdirs hold one
-ordinary run per member under `members/`; point at one of those.
+Every kind of workdir loads:
+  * a lone rating run (config.json + checkpoints/),
+  * a sweep (config.json holds {"base", "members"}; one checkpoint for all),
+  * a blend / `best` ensemble (its seed members trained as one engine in
+    members/, checkpoints in members/checkpoints),
+  * a top-N run (Mult-VAE/DAE from its checkpoints, EASE refitted at the
+    selected λ, popularity recounted).
+
+For rating runs `load_workdir` re-reads the config, rebuilds the dataset and
+split with `problem.load_split` (deterministic per config, so the same
+ratings are "seen"), rebuilds the Problem, and restores the newest readable
+checkpoint's `best_params` (the epochs chosen on validation) for every member,
+stacked on a leading axis: users of an ensemble or sweep get the members'
+average.
 """
 
 from __future__ import annotations
@@ -16,9 +24,10 @@ import pathlib
 from typing import Any, Optional
 
 import jax
+import numpy as np
 
 from recae_jax import checkpoint as ckpt_lib
-from recae_jax import engine, loop, optim
+from recae_jax import engine, loop, optim, topn
 from recae_jax.config import Config
 from recae_jax.data.types import Dataset, Split
 from recae_jax.errors import UserError
@@ -35,21 +44,57 @@ class Restored:
   split: Split
   problem: Problem
   model: AutoEncoder
-  params: Any
+  params: Any          # stacked [K, ...]: the members (K = 1 for a lone run)
   meta: dict
 
 
-def read_config(workdir) -> Config:
-  workdir = pathlib.Path(workdir)
+@dataclasses.dataclass
+class RestoredTopN:
+  workdir: pathlib.Path
+  config: Config
+  protocol: topn.Protocol
+  fitted: dict         # {"scorer", "ctx", "model", "params"}
+
+
+def _read_json(workdir: pathlib.Path) -> dict:
   if not workdir.is_dir():
     raise UserError(f"workdir {workdir} does not exist")
   path = workdir / "config.json"
   if not path.exists():
     raise UserError(f"workdir {workdir} has no config.json (not a training run)")
   try:
-    return Config.from_json(json.loads(path.read_text()))
-  except (json.JSONDecodeError, TypeError) as e:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
     raise UserError(f"{path} is not a valid config: {e}") from None
+
+
+def _config(d: dict, path) -> Config:
+  try:
+    return Config.from_json(d)
+  except TypeError as e:
+    raise UserError(f"{path} is not a valid config: {e}") from None
+
+
+def read_config(workdir) -> Config:
+  """The run's config (a sweep's base config)."""
+  workdir = pathlib.Path(workdir)
+  d = _read_json(workdir)
+  return _config(d["base"] if "members" in d else d, workdir / "config.json")
+
+
+def members_of(workdir) -> tuple[Config, list[Config], pathlib.Path]:
+  """(base config, member configs, the folder holding their checkpoints/)."""
+  workdir = pathlib.Path(workdir)
+  d = _read_json(workdir)
+  if "members" in d:  # a sweep
+    path = workdir / "config.json"
+    return _config(d["base"], path), [_config(m, path) for m in d["members"]], workdir
+  config = _config(d, workdir / "config.json")
+  if config.ensemble > 1 or config.blend_uautorec or config.blend_knn:
+    base = dataclasses.replace(config, ensemble=1, blend_uautorec=False, blend_knn=False)
+    seeds = [dataclasses.replace(base, seed=config.seed + k) for k in range(config.ensemble)]
+    return base, seeds, workdir / "members"
+  return config, [config], workdir
 
 
 def require_checkpoint(workdir) -> pathlib.Path:
@@ -57,25 +102,24 @@ def require_checkpoint(workdir) -> pathlib.Path:
   workdir = pathlib.Path(workdir)
   ckdir = workdir / "checkpoints"
   if not ckdir.is_dir() or not any(ckdir.iterdir()):
-    hint = ""
-    if (workdir / "members").is_dir():
-      hint = f" (an ensemble: use one member, e.g. --workdir={workdir}/members/m0)"
-    raise UserError(f"workdir {workdir} has no checkpoint{hint}")
+    raise UserError(f"workdir {workdir} has no checkpoint (an unfinished or "
+                    "interrupted run: continue it with --resume)")
   return ckdir
 
 
-def restore_params(config: Config, workdir, problem: Problem
-                   ) -> tuple[AutoEncoder, Any, dict]:
-  """(model, best_params, meta) from `workdir/checkpoints` for `problem`."""
+def restore_params(config: Config, workdir, problem: Problem,
+                   members: Optional[list[Config]] = None) -> tuple[AutoEncoder, Any, dict]:
+  """(model, best_params stacked [K, ...], meta) from `workdir/checkpoints`."""
   workdir = pathlib.Path(workdir)
   ckdir = require_checkpoint(workdir)
-  model = build_model(config, problem.n_cols, problem.n_side)
-  task = RatingTask.from_config(config, model)
+  members = members or [config]
+  model = build_model(config, problem.n_cols, problem.n_side, tuple(members))
+  task = RatingTask.from_config(config, model, members)
   n_rows = max(1, int(problem.fit_data.train_rows.shape[0]))
   tx = optim.make_optimizer(config, -(-n_rows // min(config.batch_size, n_rows)))
   abstract = jax.eval_shape(
       lambda: (lambda s: {"state": s, "best_params": s.params})(
-          engine.init_state(task, tx, [config.seed], config.seed)))
+          engine.init_state(task, tx, [c.seed for c in members], config.seed)))
   ckpts = ckpt_lib.Checkpoints(ckdir)
   try:
     restored = ckpts.restore_latest(abstract, fmt=loop.CHECKPOINT_FORMAT)
@@ -84,31 +128,44 @@ def restore_params(config: Config, workdir, problem: Problem
   if restored is None:
     raise UserError(f"workdir {workdir} has no checkpoint")
   tree, meta = restored
-  return model, engine.member(tree["best_params"], 0), dict(meta)
+  return model, tree["best_params"], dict(meta)
+
+
+def is_topn(workdir) -> bool:
+  return read_config(workdir).model != "autoencoder"
+
+
+def load_topn(workdir) -> RestoredTopN:
+  workdir = pathlib.Path(workdir)
+  config = read_config(workdir)
+  tcfg = topn.from_config(config)
+  protocol = topn.make_protocol(tcfg)
+  return RestoredTopN(workdir, config, protocol, topn.restore_fitted(tcfg, protocol, workdir))
 
 
 def load_workdir(workdir, *, config: Optional[Config] = None,
                  dataset: Optional[Dataset] = None,
                  split: Optional[Split] = None) -> Restored:
-  """Everything needed to use a trained model. `dataset`/`split` may be passed
-  when the run was trained on a custom split (e.g. `recae_jax.topn`)."""
+  """Everything needed to use a trained rating model. `dataset`/`split` may be
+  passed when the run was trained on a custom split."""
   workdir = pathlib.Path(workdir)
-  config = config or read_config(workdir)
-  require_checkpoint(workdir)  # fail before the (slower) data loading
+  base, members, ckroot = members_of(workdir)
+  config = config or base
+  require_checkpoint(ckroot)  # fail before the (slower) data loading
   if dataset is None or split is None:
     dataset, split = load_split(config)
   problem = build_problem(config, dataset, split)
-  model, params, meta = restore_params(config, workdir, problem)
+  model, params, meta = restore_params(config, ckroot, problem, members)
   return Restored(workdir, config, dataset, split, problem, model, params, meta)
 
 
 def test_errors(r: Restored) -> dict:
-  """{"test_rmse", "test_mae", "n_test"} of the restored parameters, through
-  the engine's evaluation."""
+  """{"test_rmse", "test_mae", "n_test"} of the restored members' average
+  prediction, through the engine's evaluation."""
   task = RatingTask.from_config(r.config, r.model)
   evaluate = engine.make_evaluate(task, "dense", r.problem.rating_scale)
-  _, sums = jax.device_get(evaluate(jax.tree.map(lambda x: x[None], r.params),
-                                    r.problem.full_data, r.problem.test))
-  e = engine.errors(sums)
-  return {"test_rmse": float(e["rmse"][0]), "test_mae": float(e["mae"][0]),
-          "n_test": int(sums["count"][0])}
+  pred_Kxn, _ = jax.device_get(evaluate(r.params, r.problem.full_data, r.problem.test))
+  err = np.asarray(pred_Kxn, np.float64).mean(0) - np.asarray(r.problem.test.target)
+  return {"test_rmse": float(np.sqrt(np.mean(err ** 2))) if err.size else float("nan"),
+          "test_mae": float(np.mean(np.abs(err))) if err.size else float("nan"),
+          "n_test": int(err.size)}

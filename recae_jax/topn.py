@@ -40,7 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recae_jax import engine, loop, optim, ranking, recommend, restore, train
+from recae_jax import checkpoint as ckpt_lib
+from recae_jax import engine, loop, optim, ranking
 from recae_jax import workdir as wd
 from recae_jax.batching import DenseBatcher
 from recae_jax.config import make_config
@@ -48,7 +49,7 @@ from recae_jax.data import movielens, sparse, splits
 from recae_jax.data.types import Dataset, Ratings, Split
 from recae_jax.errors import UserError
 from recae_jax.models import MultVAE
-from recae_jax.problem import RowData, build_problem
+from recae_jax.problem import RowData
 from recae_jax.tasks import Hyper, MultinomialTask
 
 MODELS = ("mult_vae", "mult_dae", "ease", "popularity")
@@ -260,13 +261,10 @@ def train_mult(config: TopNConfig, protocol: Protocol,
                resume: bool = False) -> dict:
   """Trains Mult-VAE/DAE on the engine; the epoch is selected by validation
   NDCG@select_k. Returns {"params", "model", "history", ...}."""
-  model = build_mult_model(config, protocol.n_items)
   n_rows = int(protocol.train_rows.shape[0])
   batch_size = min(config.batch_size, n_rows)
-  steps_per_epoch = -(-n_rows // batch_size)
-  anneal_steps = config.anneal_steps or max(1, int(0.8 * config.epochs * steps_per_epoch))
-  task = MultinomialTask(model, config.anneal_cap, anneal_steps, use_l2=config.l2 > 0)
-  tx = optim.make_optimizer(make_config(optimizer="adam"), steps_per_epoch)
+  task, tx = mult_task(config, protocol, -(-n_rows // batch_size))
+  model = task.model
   rows = RowData(protocol.inputs, None, protocol.train_rows)
   batcher = DenseBatcher(batch_size)
   epoch_fn = engine.make_epoch(task, tx, batcher, summarize=multinomial_metrics)
@@ -322,20 +320,31 @@ def ease_scores(ctx, rows_B):
   return jnp.full(x_BxI.shape, -jnp.inf).at[:, ctx["cols_C"]].set(s_BxC)
 
 
-def train_ease(config: TopNConfig, protocol: Protocol,
-               progress: Callable[[str], None] = print) -> dict:
-  """Closed form on the candidate items, λ chosen by validation NDCG@100."""
-  t0 = time.perf_counter()
+def _train_clicks(protocol: Protocol) -> tuple[np.ndarray, jax.Array]:
+  """(candidate columns, the training users' clicks on them [U, C])."""
   cols = np.flatnonzero(protocol.candidates_I).astype(np.int32)
   x = np.zeros((protocol.n_users, len(cols)), np.float32)
   pos = np.full(protocol.n_items, -1, np.int64)
   pos[cols] = np.arange(len(cols))
   x[protocol.train.users, pos[protocol.train.items]] = 1.0  # train clicks only
-  x_UxC = jnp.asarray(x)
+  return cols, jnp.asarray(x)
+
+
+def ease_context(protocol: Protocol, lam: float, fitted=None) -> dict:
+  """The scoring context of EASE with ridge λ on this protocol's training clicks."""
+  cols, x_UxC = fitted or _train_clicks(protocol)
+  return {"inputs": protocol.inputs, "cols_C": jnp.asarray(cols),
+          "b_CxC": _ease_weights_jit(x_UxC, float(lam))}
+
+
+def train_ease(config: TopNConfig, protocol: Protocol,
+               progress: Callable[[str], None] = print) -> dict:
+  """Closed form on the candidate items, λ chosen by validation NDCG@100."""
+  t0 = time.perf_counter()
+  fitted = _train_clicks(protocol)
   best, history = None, []
   for lam in config.ease_lambdas:  # a handful of closed forms
-    ctx = {"inputs": protocol.inputs, "cols_C": jnp.asarray(cols),
-           "b_CxC": _ease_weights_jit(x_UxC, float(lam))}
+    ctx = ease_context(protocol, lam, fitted)
     sel = f"ndcg@{config.select_k}"
     vm = evaluate_users(ease_scores, ctx, protocol, protocol.valid_users,
                         ks=(config.select_k,), block_size=config.eval_batch_size)
@@ -399,6 +408,44 @@ def run(config: TopNConfig, workdir=None, *, protocol: Optional[Protocol] = None
   return results
 
 
+def mult_task(config: TopNConfig, protocol: Protocol, steps_per_epoch: int):
+  """(task, optimizer) of a Mult-VAE/DAE run on this protocol."""
+  model = build_mult_model(config, protocol.n_items)
+  anneal = config.anneal_steps or max(1, int(0.8 * config.epochs * steps_per_epoch))
+  task = MultinomialTask(model, config.anneal_cap, anneal, use_l2=config.l2 > 0)
+  return task, optim.make_optimizer(make_config(optimizer="adam"), steps_per_epoch)
+
+
+def restore_fitted(config: TopNConfig, protocol: Protocol, workdir) -> dict:
+  """What `run` fitted, from a finished workdir: Mult-VAE/DAE parameters from
+  its checkpoints (the selected epoch), EASE refitted at the selected λ,
+  popularity recounted. {"scorer", "ctx", "model", "params"}."""
+  workdir = pathlib.Path(workdir)
+  metrics_path = workdir / "metrics.json"
+  if not metrics_path.exists():
+    raise UserError(f"workdir {workdir} has no metrics.json (an unfinished top-N run)")
+  metrics = json.loads(metrics_path.read_text())
+  if config.model == "ease":
+    return {"scorer": ease_scores, "ctx": ease_context(protocol, metrics["best_lambda"]),
+            "model": None, "params": None}
+  if config.model == "popularity":
+    return {**train_popularity(config, protocol), "model": None, "params": None}
+  n_rows = int(protocol.train_rows.shape[0])
+  task, tx = mult_task(config, protocol, -(-n_rows // min(config.batch_size, n_rows)))
+  abstract = jax.eval_shape(lambda: (lambda s: {"state": s, "best_params": s.params})(
+      engine.init_state(task, tx, [config.seed], config.seed)))
+  ckpts = ckpt_lib.Checkpoints(workdir / "checkpoints")
+  try:
+    restored = ckpts.restore_latest(abstract, fmt=loop.CHECKPOINT_FORMAT)
+  finally:
+    ckpts.close()
+  if restored is None:
+    raise UserError(f"workdir {workdir} has no checkpoint")
+  params = engine.member(restored[0]["best_params"], 0)
+  return {"scorer": MultScorer(task.model), "model": task.model, "params": params,
+          "ctx": {"params": params, "inputs": protocol.inputs}}
+
+
 def headline(results: dict) -> dict:
   """NDCG@100, Recall@20, Recall@50 on test (the Mult-VAE paper's table)."""
   t = results["test"]
@@ -434,24 +481,3 @@ def rating_split(protocol: Protocol, valid_fraction: float = 0.05,
   is_valid = rng.random(len(train)) < valid_fraction
   return Split(train=train.subset(~is_valid), valid=train.subset(is_valid),
                test=stars(protocol.test_out), name="heldout_users_fold_in_trained")
-
-
-def run_rating_ae(ae_config, protocol: Protocol, workdir, *, ks=(20, 50, 100),
-                  progress: Callable[[str], None] = print) -> dict:
-  """Trains a rating AE (a train.Config) on `rating_split(protocol)` and ranks
-  the test users' unseen candidates by its predicted ratings."""
-  split = rating_split(protocol, ae_config.valid_fraction or 0.05, ae_config.split_seed)
-  problem = build_problem(ae_config, protocol.dataset, split)
-  metrics = train.train_and_evaluate(ae_config, workdir, problem=problem,
-                                     progress=progress)
-  model, params, meta = restore.restore_params(ae_config, workdir, problem)
-  rec = recommend.from_restored(restore.Restored(
-      pathlib.Path(workdir), ae_config, protocol.dataset, split, problem, model,
-      params, meta))
-  scorer, ctx = recommend.scorer(rec)
-  test = evaluate_users(scorer, ctx, protocol, protocol.test_users, ks=ks)
-  valid = evaluate_users(scorer, ctx, protocol, protocol.valid_users, ks=ks)
-  return {"model": f"{ae_config.orientation}-autoencoder", "test": test,
-          "valid": valid, "best_epoch": metrics["best_epoch"],
-          "test_rmse_predict_part": metrics["test_rmse"],
-          "train_seconds": metrics["train_seconds"]}
