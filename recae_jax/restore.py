@@ -137,10 +137,11 @@ def is_topn(workdir) -> bool:
 
 def load_topn(workdir) -> RestoredTopN:
   workdir = pathlib.Path(workdir)
-  config = read_config(workdir)
+  config, members, _ = members_of(workdir)
   tcfg = topn.from_config(config)
   protocol = topn.make_protocol(tcfg)
-  return RestoredTopN(workdir, config, protocol, topn.restore_fitted(tcfg, protocol, workdir))
+  return RestoredTopN(workdir, config, protocol, topn.restore_fitted(
+      tcfg, protocol, workdir, [topn.from_config(m) for m in members]))
 
 
 def load_workdir(workdir, *, config: Optional[Config] = None,

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from recae_jax import topn
 from recae_jax import train as train_lib
 from recae_jax import workdir as wd
 from recae_jax.config import Config, make_config
@@ -130,10 +131,13 @@ def run_sweep(base: Config, configs: Sequence[Config], workdir, *,
   plots/valid_rmse.png, metrics.json (ensemble of the members' mean
   prediction, best top-k on validation).
   """
-  workdir = wd.ensure_writable(workdir)
   k = len(configs)
   if k == 0:
     raise UserError("--sweep: no members")
+  if base.model != "autoencoder":  # a top-N model's sweep: the same engine, its own report
+    return topn.run_sweep(topn.from_config(base), [topn.from_config(c) for c in configs],
+                          workdir, progress=progress, resume=resume)
+  workdir = wd.ensure_writable(workdir)
   labels = list(labels) if labels is not None else [f"k{i:02d}" for i in range(k)]
   if problem is None:
     dataset, split = load_split(base)

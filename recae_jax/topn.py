@@ -34,7 +34,7 @@ import json
 import pathlib
 import tempfile
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -258,45 +258,100 @@ class MultScorer:
 
 def train_mult(config: TopNConfig, protocol: Protocol,
                progress: Callable[[str], None] = print, workdir=None,
-               resume: bool = False) -> dict:
+               resume: bool = False, members: Sequence[TopNConfig] = (),
+               member_dirs: Sequence[pathlib.Path] = ()) -> dict:
   """Trains Mult-VAE/DAE on the engine; the epoch is selected by validation
-  NDCG@select_k. Returns {"params", "model", "history", ...}."""
+  NDCG@select_k. `members` (a sweep: configs differing in seed, learning
+  rate, l2, input dropout) train as the engine's members in one compiled
+  epoch, their histories in `member_dirs`. Returns {"params", "model",
+  "history", ...} for a lone run, {"members": [...]} for a sweep."""
+  members = tuple(members) or (config,)
+  k = len(members)
   n_rows = int(protocol.train_rows.shape[0])
   batch_size = min(config.batch_size, n_rows)
   task, tx = mult_task(config, protocol, -(-n_rows // batch_size))
+  task = dataclasses.replace(task, use_l2=any(c.l2 > 0 for c in members))
   model = task.model
   rows = RowData(protocol.inputs, None, protocol.train_rows)
   batcher = DenseBatcher(batch_size)
   epoch_fn = engine.make_epoch(task, tx, batcher, summarize=multinomial_metrics)
-  state = engine.init_state(task, tx, [config.seed], config.seed)
+  state = engine.init_state(task, tx, [c.seed for c in members], config.seed)
   scorer = MultScorer(model)
   sel = f"ndcg@{config.select_k}"
 
+  def ndcg(params):
+    return evaluate_users(scorer, {"params": params, "inputs": protocol.inputs},
+                          protocol, protocol.valid_users, ks=(config.select_k,),
+                          block_size=config.eval_batch_size)[sel]
+
   def validate(params_K):
-    vm = evaluate_users(scorer, {"params": engine.member(params_K, 0),
-                                 "inputs": protocol.inputs},
-                        protocol, protocol.valid_users, ks=(config.select_k,),
-                        block_size=config.eval_batch_size)
-    return {"metric": np.array([vm[sel]]), f"valid_{sel}": np.array([vm[sel]])}
+    v = np.array([ndcg(engine.member(params_K, i)) for i in range(k)])
+    return {"metric": v, f"valid_{sel}": v}
 
   path = None if workdir is None else pathlib.Path(workdir)
-  history_path = (path or pathlib.Path(tempfile.mkdtemp())) / "metrics.jsonl"
+  if member_dirs:
+    history_paths = [pathlib.Path(d) / "metrics.jsonl" for d in member_dirs]
+  else:
+    history_paths = [(path or pathlib.Path(tempfile.mkdtemp())) / "metrics.jsonl"]
   try:
-    result = loop.fit(epoch_fn, state, batcher.data(rows), Hyper.from_configs([config]),
-                      epochs=config.epochs, validate=validate, patience=[0],
+    result = loop.fit(epoch_fn, state, batcher.data(rows), Hyper.from_configs(members),
+                      epochs=config.epochs, validate=validate, patience=[0] * k,
                       checkpoint_dir=None if path is None else path / "checkpoints",
-                      history_paths=[history_path], resume=resume,
+                      history_paths=history_paths, resume=resume,
                       checkpoint_every=config.eval_every, eval_every=config.eval_every,
-                      higher_is_better=True, labels=[config.model],
+                      higher_is_better=True, labels=[f"k{i:02d}" for i in range(k)],
                       progress=lambda line: progress(f"{config.model} {line}"))
   except loop.TrainingDiverged:
     raise UserError(f"{config.model} diverged; lower --learning_rate") from None
-  params = engine.member(result.best_params, 0)
-  return {"model": model, "params": params, "scorer": scorer,
-          "ctx": {"params": params, "inputs": protocol.inputs},
-          "best_epoch": int(result.best_epoch[0]),
-          "best_valid_ndcg": float(result.best_metric[0]),
-          "history": result.histories[0], "train_seconds": result.train_seconds}
+  out = []
+  for i in range(k):
+    params = engine.member(result.best_params, i)
+    out.append({"model": model, "params": params, "scorer": scorer,
+                "ctx": {"params": params, "inputs": protocol.inputs},
+                "best_epoch": int(result.best_epoch[i]),
+                "best_valid_ndcg": float(result.best_metric[i]),
+                "history": result.histories[i], "train_seconds": result.train_seconds / k})
+  return out[0] if k == 1 and not member_dirs else {"members": out}
+
+
+def run_sweep(base: TopNConfig, members: Sequence[TopNConfig], workdir, *,
+              progress: Callable[[str], None] = print, resume: bool = False) -> dict:
+  """A Mult-VAE/DAE sweep: every member in one engine; workdir/members/kXX
+  hold each member's config.json, metrics.jsonl and metrics.json (the same
+  keys as a lone top-N run), workdir/metrics.json the summary."""
+  if base.model not in ("mult_vae", "mult_dae"):
+    raise UserError(f"--sweep: {base.model} has no epochs to train; sweeps need "
+                    "--preset=mult_vae or mult_dae (EASE selects its λ itself)")
+  workdir = wd.ensure_writable(workdir)
+  wd.write_json(workdir / "config.json", {"base": base.to_json(),
+                                          "members": [c.to_json() for c in members]})
+  protocol = make_protocol(base)
+  labels = [f"k{i:02d}" for i in range(len(members))]
+  dirs = [workdir / "members" / lb for lb in labels]
+  fitted = train_mult(base, protocol, progress, workdir=workdir, resume=resume,
+                      members=members, member_dirs=dirs)["members"]
+  results = []
+  for cfg, d, out in zip(members, dirs, fitted):
+    test = evaluate_users(out["scorer"], out["ctx"], protocol, protocol.test_users,
+                          ks=base.ks, block_size=base.eval_batch_size)
+    res = {"model": base.model, "dataset": protocol.dataset.name, "test": test,
+           "best_epoch": out["best_epoch"], "best_valid_ndcg": out["best_valid_ndcg"],
+           "train_seconds": out["train_seconds"], **protocol.summary(),
+           **{f"test_{key}": v for key, v in test.items()}}
+    wd.write_json(d / "config.json", cfg.to_json())
+    wd.write_json(d / "metrics.json", res)
+    results.append(res)
+  best = int(np.argmax([r["best_valid_ndcg"] for r in results]))
+  summary = {"n_members": len(members), "members": labels, "best_member": labels[best],
+             "selection": f"valid ndcg@{base.select_k}",
+             "member_best_valid_ndcg": [r["best_valid_ndcg"] for r in results],
+             "member_test_ndcg@100": [r["test"].get("ndcg@100") for r in results],
+             **{f"best_member_{k}": v for k, v in results[best].items()
+                if k.startswith("test_")}}
+  wd.write_json(workdir / "metrics.json", summary)
+  progress(f"sweep of {len(members)}: best member on validation {labels[best]} "
+           f"(valid ndcg@{base.select_k} {results[best]['best_valid_ndcg']:.4f})")
+  return summary
 
 
 # ------------------------------------------------------------- EASE
@@ -416,11 +471,14 @@ def mult_task(config: TopNConfig, protocol: Protocol, steps_per_epoch: int):
   return task, optim.make_optimizer(make_config(optimizer="adam"), steps_per_epoch)
 
 
-def restore_fitted(config: TopNConfig, protocol: Protocol, workdir) -> dict:
+def restore_fitted(config: TopNConfig, protocol: Protocol, workdir,
+                   members: Sequence[TopNConfig] = ()) -> dict:
   """What `run` fitted, from a finished workdir: Mult-VAE/DAE parameters from
-  its checkpoints (the selected epoch), EASE refitted at the selected λ,
-  popularity recounted. {"scorer", "ctx", "model", "params"}."""
+  its checkpoints (the selected epoch; of a sweep's `members`, the member best
+  on validation), EASE refitted at the selected λ, popularity recounted.
+  {"scorer", "ctx", "model", "params"}."""
   workdir = pathlib.Path(workdir)
+  members = tuple(members) or (config,)
   metrics_path = workdir / "metrics.json"
   if not metrics_path.exists():
     raise UserError(f"workdir {workdir} has no metrics.json (an unfinished top-N run)")
@@ -433,7 +491,7 @@ def restore_fitted(config: TopNConfig, protocol: Protocol, workdir) -> dict:
   n_rows = int(protocol.train_rows.shape[0])
   task, tx = mult_task(config, protocol, -(-n_rows // min(config.batch_size, n_rows)))
   abstract = jax.eval_shape(lambda: (lambda s: {"state": s, "best_params": s.params})(
-      engine.init_state(task, tx, [config.seed], config.seed)))
+      engine.init_state(task, tx, [c.seed for c in members], config.seed)))
   ckpts = ckpt_lib.Checkpoints(workdir / "checkpoints")
   try:
     restored = ckpts.restore_latest(abstract, fmt=loop.CHECKPOINT_FORMAT)
@@ -441,7 +499,8 @@ def restore_fitted(config: TopNConfig, protocol: Protocol, workdir) -> dict:
     ckpts.close()
   if restored is None:
     raise UserError(f"workdir {workdir} has no checkpoint")
-  params = engine.member(restored[0]["best_params"], 0)
+  best = int(np.argmax(metrics.get("member_best_valid_ndcg", [0.0])))
+  params = engine.member(restored[0]["best_params"], best)
   return {"scorer": MultScorer(task.model), "model": task.model, "params": params,
           "ctx": {"params": params, "inputs": protocol.inputs}}
 

@@ -113,3 +113,34 @@ def test_topn_presets_of_train_script_with_resume(tmp_path):
   assert m["best_epoch"] in (2, 4, 6) and "test_ndcg@100" in m
   rows = (tmp_path / "dae" / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(x)["epoch"] for x in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_mult_sweep_members_match_lone_runs(tmp_path):
+  # A Mult-DAE sweep trains its members in one engine; each member is the
+  # lone run of its config (same protocol, same batch order).
+  from conftest import low_rank_ratings
+  from recae_jax import sweep
+  from recae_jax.config import make_config
+  ds, _ = low_rank_ratings(n_users=260, n_items=150)
+  r = ds.ratings
+  csv = tmp_path / "ratings.csv"
+  csv.write_text("user,item,rating\n" + "".join(
+      f"{u + 1},{i + 1},{int(x)}\n" for u, i, x in zip(r.users, r.items, r.ratings)))
+  base = make_config("mult_dae", dataset=str(csv), threshold=3.0, n_test_users=40,
+                     n_valid_users=40, ks=(10, 100), batch_size=32, epochs=3,
+                     eval_every=1, latent=16)
+  configs = sweep.member_configs(base, sweep.parse_sweep("l2=0,0.05"))
+  quiet = lambda _: None
+  res = sweep.run_sweep(base, configs, tmp_path / "sweep", progress=quiet)
+  assert res["n_members"] == 2
+  for k, cfg in enumerate(configs):
+    lone = topn.run(topn.from_config(cfg), tmp_path / f"lone{k}", progress=quiet)
+    got = json.loads((tmp_path / "sweep" / "members" / f"k{k:02d}" / "metrics.json"
+                      ).read_text())
+    assert got["best_epoch"] == lone["best_epoch"]
+    assert got["best_valid_ndcg"] == pytest.approx(lone["best_valid_ndcg"], abs=1e-6)
+    assert got["test_ndcg@100"] == pytest.approx(lone["test"]["ndcg@100"], abs=1e-6)
+  assert (tmp_path / "sweep" / "checkpoints").is_dir()
+  from recae_jax import recommend  # the sweep's workdir recommends with its best member
+  rec = recommend.from_workdir(tmp_path / "sweep")
+  assert rec.kind == "mult_dae" and len(recommend.recommend(rec, 1, k=3).items) == 3
