@@ -220,3 +220,17 @@ def test_blocks_from_cross_sums_equal_one_square_block(metric, centering):
     got = S.similarity_matrix((r, m), metric=metric, centering=centering,
                               block_size=bs)
     np.testing.assert_allclose(got, whole, atol=1e-6)
+
+
+@pytest.mark.parametrize("metric,centering", [("pearson", "corated"),
+                                              ("pearson", "overall"),
+                                              ("cosine", "corated"),
+                                              ("pearson_baseline", "corated")])
+def test_sparse_topk_equals_dense(metric, centering):
+  r, m = _random(seed=10, u=50, integer=False)
+  full = S.similarity_matrix((r, m), metric=metric, centering=centering)
+  np.fill_diagonal(full, -np.inf)
+  v, i = S.topk_neighbors((r, m), 6, metric=metric, centering=centering,
+                          sparse=True, block_size=8, rows=np.arange(3, 50))
+  np.testing.assert_allclose(v, -np.sort(-full[3:], axis=1)[:, :6], atol=2e-5)
+  np.testing.assert_allclose(np.take_along_axis(full[3:], i, 1), v, atol=2e-5)
