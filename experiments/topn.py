@@ -15,38 +15,39 @@ Recall@20, Recall@50 (recall denominator min(k, #relevant)) and, with
 fold-in items) ranked by predicted rating.
 """
 
-import dataclasses
 import json
+import typing
 
 from absl import app, flags
 
 from recae_jax import recommend, topn
+from recae_jax.config import TOPN_DEFAULTS, TOPN_FIELDS, Config, make_config
 from recae_jax.errors import UserError, run_main
 
 flags.DEFINE_list("models", ["popularity", "ease", "mult_dae", "mult_vae"],
-                  f"top-N presets to run: {', '.join(topn.PRESETS)}")
+                  f"top-N presets to run: {', '.join(topn.MODELS)}")
 flags.DEFINE_list("autoencoders", [], "rating AE presets to rank with too, e.g. autorec,uautorec")
 flags.DEFINE_integer("ae_epochs", 0, "epochs for --autoencoders (0: the preset's)")
 flags.DEFINE_string("workdir", None, "if set, each model writes WORKDIR/MODEL/"
                     "{config,metrics}.json")
 flags.DEFINE_bool("json", False, "print all results as JSON")
-_SKIP = ("model",)
-for _f in dataclasses.fields(topn.TopNConfig):
-  if _f.name in _SKIP:
-    continue
-  _help = f"top-N config field (default: the preset's, else {_f.default!r})"
-  if _f.type in ("int", int):
-    flags.DEFINE_integer(_f.name, None, _help)
-  elif _f.type in ("float", float):
-    flags.DEFINE_float(_f.name, None, _help)
+_HINTS = typing.get_type_hints(Config)
+_DEFAULTS = Config().to_json()
+for _name in TOPN_FIELDS:
+  _help = (f"top-N config field (default: the preset's, else "
+           f"{TOPN_DEFAULTS.get(_name, _DEFAULTS[_name])!r})")
+  if _HINTS[_name] is int:
+    flags.DEFINE_integer(_name, None, _help)
+  elif _HINTS[_name] is float:
+    flags.DEFINE_float(_name, None, _help)
   else:
-    flags.DEFINE_string(_f.name, None, _help)
+    flags.DEFINE_string(_name, None, _help)
 FLAGS = flags.FLAGS
 
 
 def _overrides() -> dict:
-  return {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(topn.TopNConfig)
-          if f.name not in _SKIP and getattr(FLAGS, f.name) is not None}
+  return {name: getattr(FLAGS, name) for name in TOPN_FIELDS
+          if getattr(FLAGS, name) is not None}
 
 
 @run_main
@@ -55,7 +56,6 @@ def main(argv):
     raise UserError("nothing to run: give --models and/or --autoencoders")
   over = _overrides()
   configs = [topn.make_topn_config(m, **over) for m in FLAGS.models]
-  from recae_jax.config import make_config
   ae_configs = []
   for name in FLAGS.autoencoders:
     extra = {"epochs": FLAGS.ae_epochs} if FLAGS.ae_epochs else {}

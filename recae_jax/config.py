@@ -145,6 +145,18 @@ class Config:
       bad("fallback", "must be 'item_user_global' or 'global'")
     if self.model not in ("autoencoder",) + TOPN_MODELS:
       bad("model", f"unknown {self.model!r}; choose from autoencoder, {', '.join(TOPN_MODELS)}")
+    for name in ("n_test_users", "n_valid_users", "latent", "eval_every", "select_k"):
+      if getattr(self, name) <= 0:
+        bad(name, f"must be positive, got {getattr(self, name)}")
+    if not 0 < self.fold_in_fraction < 1:
+      bad("fold_in_fraction", f"must be in (0, 1), got {self.fold_in_fraction}")
+    for name in ("anneal_cap", "anneal_steps"):
+      if getattr(self, name) < 0:
+        bad(name, f"must be >= 0, got {getattr(self, name)}")
+    if not self.ease_lambdas or any(lam <= 0 for lam in self.ease_lambdas):
+      bad("ease_lambdas", f"must be positive, got {self.ease_lambdas}")
+    if not self.ks or any(k <= 0 for k in self.ks):
+      bad("ks", f"must be positive, got {self.ks}")
     return self
 
   def to_json(self) -> dict:
@@ -203,14 +215,21 @@ PRESETS: dict[str, dict[str, Any]] = {
                                 side_scaling="standardize"),
 }
 # Top-N models of recae_jax.topn (Liang et al. 2018's protocol and settings).
-_TOPN = dict(min_user_ratings=5, batch_size=100, epochs=100, learning_rate=1e-3,
-             eval_batch_size=256, optimizer="adam")
+TOPN_DEFAULTS = dict(min_user_ratings=5, batch_size=100, epochs=100, learning_rate=1e-3,
+                     eval_batch_size=256, optimizer="adam", input_dropout=0.5)
+# The fields a top-N run reads (experiments/topn.py defines a flag for each).
+TOPN_FIELDS = ("dataset", "data_dir", "columns", "threshold", "min_user_ratings",
+               "n_test_users", "n_valid_users", "fold_in_fraction", "split_seed", "seed",
+               "hidden", "latent", "input_dropout", "l2", "learning_rate", "batch_size",
+               "epochs", "anneal_cap", "anneal_steps", "eval_every", "select_k",
+               "ease_lambdas", "ks", "eval_batch_size", "dense_budget_mb")
+_TOPN = TOPN_DEFAULTS
 PRESETS["mult_vae"] = dict(_TOPN, model="mult_vae", hidden=(600,), latent=200, l2=0.0,
                            input_dropout=0.5, anneal_cap=0.2)
 PRESETS["mult_dae"] = dict(_TOPN, model="mult_dae", hidden=(), latent=200, l2=0.02,
                            input_dropout=0.5)
-PRESETS["ease"] = dict(_TOPN, model="ease")
-PRESETS["popularity"] = dict(_TOPN, model="popularity")
+PRESETS["ease"] = dict(_TOPN, model="ease", input_dropout=0.0)
+PRESETS["popularity"] = dict(_TOPN, model="popularity", input_dropout=0.0)
 # The project's most accurate rating model (see README "What helped").
 PRESETS["best"] = dict(PRESETS["autorec"], ensemble=5, refit=True, blend_uautorec=True,
                        blend_knn=True)

@@ -138,10 +138,10 @@ def is_topn(workdir) -> bool:
 def load_topn(workdir) -> RestoredTopN:
   workdir = pathlib.Path(workdir)
   config, members, _ = members_of(workdir)
-  tcfg = topn.from_config(config)
+  tcfg = config
   protocol = topn.make_protocol(tcfg)
   return RestoredTopN(workdir, config, protocol, topn.restore_fitted(
-      tcfg, protocol, workdir, [topn.from_config(m) for m in members]))
+      tcfg, protocol, workdir, [m for m in members]))
 
 
 def load_workdir(workdir, *, config: Optional[Config] = None,

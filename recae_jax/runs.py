@@ -16,9 +16,9 @@ def run(config: Config, workdir, *, resume: bool = False,
   config = config.validate()
   if config.model != "autoencoder":
     if dataset is not None:
-      return topn.run(topn.from_config(config), workdir, resume=resume, progress=progress,
-                      protocol=topn.make_protocol(topn.from_config(config), dataset))
-    return topn.run(topn.from_config(config), workdir, resume=resume, progress=progress)
+      return topn.run(config, workdir, resume=resume, progress=progress,
+                      protocol=topn.make_protocol(config, dataset))
+    return topn.run(config, workdir, resume=resume, progress=progress)
   if train.is_blend(config):
     return blend.train_and_evaluate_blend(config, workdir, resume=resume,
                                           progress=progress, dataset=dataset)

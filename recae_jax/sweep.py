@@ -135,7 +135,7 @@ def run_sweep(base: Config, configs: Sequence[Config], workdir, *,
   if k == 0:
     raise UserError("--sweep: no members")
   if base.model != "autoencoder":  # a top-N model's sweep: the same engine, its own report
-    return topn.run_sweep(topn.from_config(base), [topn.from_config(c) for c in configs],
+    return topn.run_sweep(base, [c for c in configs],
                           workdir, progress=progress, resume=resume)
   workdir = wd.ensure_writable(workdir)
   labels = list(labels) if labels is not None else [f"k{i:02d}" for i in range(k)]

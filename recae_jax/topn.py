@@ -1,6 +1,6 @@
 """Implicit-feedback top-N models under the strong-generalization protocol.
 
-Models (`TopNConfig.model`, presets of the same names):
+Models (`Config.model`, presets of the same names in `config.PRESETS`):
 
 - "mult_vae": Mult-VAE (Liang et al. 2018): L2-normalised click vector,
   dropout 0.5 on the input, tanh MLP encoder to (μ, log σ²), z = μ + σ ε
@@ -34,7 +34,7 @@ import json
 import pathlib
 import tempfile
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +44,7 @@ from recae_jax import checkpoint as ckpt_lib
 from recae_jax import engine, loop, optim, ranking
 from recae_jax import workdir as wd
 from recae_jax.batching import DenseBatcher
-from recae_jax.config import make_config
+from recae_jax.config import TOPN_DEFAULTS, TOPN_MODELS, Config, make_config
 from recae_jax.data import movielens, sparse, splits
 from recae_jax.data.types import Dataset, Ratings, Split
 from recae_jax.errors import UserError
@@ -52,109 +52,15 @@ from recae_jax.models import MultVAE
 from recae_jax.problem import RowData
 from recae_jax.tasks import Hyper, MultinomialTask
 
-MODELS = ("mult_vae", "mult_dae", "ease", "popularity")
+MODELS = TOPN_MODELS
 
 
-@dataclasses.dataclass(frozen=True)
-class TopNConfig:
-  model: str = "mult_vae"          # mult_vae, mult_dae, ease, popularity
-  # --- data / protocol ---
-  dataset: str = "ml-100k"
-  data_dir: Optional[str] = None
-  threshold: float = 4.0           # ratings >= threshold are clicks
-  min_user_ratings: int = 5        # users with fewer clicks are dropped
-  n_test_users: int = 100          # held-out test users
-  n_valid_users: int = 100         # held-out validation users (model selection)
-  fold_in_fraction: float = 0.8    # share of a held-out user's clicks shown
-  split_seed: int = 0
-  seed: int = 0
-  # --- Mult-VAE / Mult-DAE ---
-  hidden: tuple[int, ...] = (600,)  # encoder MLP widths before the latent layer
-  latent: int = 200
-  input_dropout: float = 0.5
-  l2: float = 0.0                  # λ/2 Σ W² over kernels
-  learning_rate: float = 1e-3
-  batch_size: int = 100
-  epochs: int = 100
-  anneal_cap: float = 0.2          # β's ceiling (VAE only)
-  anneal_steps: int = 0            # steps to reach the cap; 0: 80% of all steps
-  eval_every: int = 5              # validation NDCG@select_k every N epochs
-  select_k: int = 100              # model selection metric: validation NDCG@select_k
-  # --- EASE ---
-  ease_lambdas: tuple[float, ...] = (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
-  # --- evaluation ---
-  ks: tuple[int, ...] = (20, 50, 100)
-  eval_batch_size: int = 256
-  dense_budget_mb: int = 1024
-
-  def validate(self) -> "TopNConfig":
-    def bad(name, msg):
-      raise UserError(f"--{name}: {msg}")
-    if self.model not in MODELS:
-      bad("model", f"unknown {self.model!r}; choose from {', '.join(MODELS)}")
-    for name in ("n_test_users", "n_valid_users", "latent", "batch_size",
-                 "epochs", "eval_every", "eval_batch_size", "select_k"):
-      if getattr(self, name) <= 0:
-        bad(name, f"must be positive, got {getattr(self, name)}")
-    if not 0 < self.fold_in_fraction < 1:
-      bad("fold_in_fraction", f"must be in (0, 1), got {self.fold_in_fraction}")
-    if not 0 <= self.input_dropout < 1:
-      bad("input_dropout", f"must be in [0, 1), got {self.input_dropout}")
-    if not self.learning_rate > 0:
-      bad("learning_rate", "must be positive")
-    if self.l2 < 0 or self.anneal_cap < 0 or self.anneal_steps < 0:
-      bad("l2/anneal_cap/anneal_steps", "must be >= 0")
-    if not self.ease_lambdas or any(lam <= 0 for lam in self.ease_lambdas):
-      bad("ease_lambdas", f"must be positive, got {self.ease_lambdas}")
-    if not self.ks or any(k <= 0 for k in self.ks):
-      bad("ks", f"must be positive, got {self.ks}")
-    return self
-
-  def to_json(self) -> dict:
-    return dataclasses.asdict(self)
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Liang et al. 2018: [I → 600 → 200 → 600 → I], tanh, dropout 0.5, β cap 0.2.
-    "mult_vae": dict(model="mult_vae", hidden=(600,), latent=200, l2=0.0,
-                     input_dropout=0.5, anneal_cap=0.2),
-    # Their Mult-DAE: [I → 200 → I], tanh, dropout 0.5, loss + 2·(0.01/2)ΣW².
-    "mult_dae": dict(model="mult_dae", hidden=(), latent=200, l2=0.02,
-                     input_dropout=0.5),
-    "ease": dict(model="ease"),
-    "popularity": dict(model="popularity"),
-}
-
-
-def make_topn_config(preset: Optional[str] = None, **overrides) -> TopNConfig:
-  fields = {f.name for f in dataclasses.fields(TopNConfig)}
-  values: dict[str, Any] = {}
-  if preset:
-    if preset not in PRESETS:
-      raise UserError(f"unknown top-N preset {preset!r}; choose from "
-                      f"{', '.join(PRESETS)}")
-    values.update(PRESETS[preset])
-  for k, v in overrides.items():
-    if k not in fields:
-      raise UserError(f"unknown top-N config field {k!r}")
-    values[k] = v
-  for k, kind in (("hidden", int), ("ease_lambdas", float), ("ks", int)):
-    if k in values and isinstance(values[k], str):
-      try:
-        values[k] = tuple(kind(v) for v in values[k].split(",") if v.strip())
-      except ValueError:
-        raise UserError(f"--{k}: cannot read {values[k]!r} as a list") from None
-    elif k in values:
-      values[k] = tuple(kind(v) for v in values[k])
-  return TopNConfig(**values).validate()
-
-
-def from_config(config) -> TopNConfig:
-  """The TopNConfig of a `config.Config` whose `model` is a top-N model
-  (`experiments/train.py --preset=mult_vae|mult_dae|ease|popularity`)."""
-  fields = {f.name for f in dataclasses.fields(TopNConfig)}
-  return make_topn_config(None, **{k: v for k, v in config.to_json().items()
-                                   if k in fields})
+def make_topn_config(preset: Optional[str] = None, **overrides) -> Config:
+  """A top-N `Config`: one of the top-N presets, or (preset None) the
+  protocol's defaults for building a `Protocol`."""
+  if preset is not None and preset not in MODELS:
+    raise UserError(f"unknown top-N preset {preset!r}; choose from {', '.join(MODELS)}")
+  return make_config(preset, **{**({} if preset else TOPN_DEFAULTS), **overrides})
 
 
 # ------------------------------------------------------------- protocol
@@ -195,7 +101,7 @@ def _users_of(r: Ratings) -> np.ndarray:
   return np.unique(r.users)
 
 
-def make_protocol(config: TopNConfig, dataset: Optional[Dataset] = None) -> Protocol:
+def make_protocol(config: Config, dataset: Optional[Dataset] = None) -> Protocol:
   """Builds the split; `dataset` overrides loading `config.dataset`."""
   if dataset is None:
     dataset = movielens.load_dataset(config.dataset, config.data_dir)
@@ -236,7 +142,7 @@ def evaluate_users(score_fn, ctx, protocol: Protocol, users: np.ndarray,
 
 # ------------------------------------------------------------- Mult-VAE / DAE
 
-def build_mult_model(config: TopNConfig, n_items: int) -> MultVAE:
+def build_mult_model(config: Config, n_items: int) -> MultVAE:
   return MultVAE(n_items=n_items, hidden=tuple(config.hidden), latent=config.latent,
                  variational=config.model == "mult_vae")
 
@@ -256,9 +162,9 @@ class MultScorer:
     return self.model.apply(ctx["params"], x_BxI)[0]
 
 
-def train_mult(config: TopNConfig, protocol: Protocol,
+def train_mult(config: Config, protocol: Protocol,
                progress: Callable[[str], None] = print, workdir=None,
-               resume: bool = False, members: Sequence[TopNConfig] = (),
+               resume: bool = False, members: Sequence[Config] = (),
                member_dirs: Sequence[pathlib.Path] = ()) -> dict:
   """Trains Mult-VAE/DAE on the engine; the epoch is selected by validation
   NDCG@select_k. `members` (a sweep: configs differing in seed, learning
@@ -314,7 +220,7 @@ def train_mult(config: TopNConfig, protocol: Protocol,
   return out[0] if k == 1 and not member_dirs else {"members": out}
 
 
-def run_sweep(base: TopNConfig, members: Sequence[TopNConfig], workdir, *,
+def run_sweep(base: Config, members: Sequence[Config], workdir, *,
               progress: Callable[[str], None] = print, resume: bool = False) -> dict:
   """A Mult-VAE/DAE sweep: every member in one engine; workdir/members/kXX
   hold each member's config.json, metrics.jsonl and metrics.json (the same
@@ -392,7 +298,7 @@ def ease_context(protocol: Protocol, lam: float, fitted=None) -> dict:
           "b_CxC": _ease_weights_jit(x_UxC, float(lam))}
 
 
-def train_ease(config: TopNConfig, protocol: Protocol,
+def train_ease(config: Config, protocol: Protocol,
                progress: Callable[[str], None] = print) -> dict:
   """Closed form on the candidate items, λ chosen by validation NDCG@100."""
   t0 = time.perf_counter()
@@ -412,7 +318,7 @@ def train_ease(config: TopNConfig, protocol: Protocol,
           "train_seconds": time.perf_counter() - t0}
 
 
-def train_popularity(config: TopNConfig, protocol: Protocol,
+def train_popularity(config: Config, protocol: Protocol,
                      progress: Callable[[str], None] = print) -> dict:
   del config, progress
   count_I = np.bincount(protocol.train.items, minlength=protocol.n_items)
@@ -423,7 +329,7 @@ def train_popularity(config: TopNConfig, protocol: Protocol,
 
 # ------------------------------------------------------------- the run
 
-def run(config: TopNConfig, workdir=None, *, protocol: Optional[Protocol] = None,
+def run(config: Config, workdir=None, *, protocol: Optional[Protocol] = None,
         progress: Callable[[str], None] = print, resume: bool = False) -> dict:
   """Trains/fits `config.model`, selects on validation, reports test metrics.
 
@@ -463,7 +369,7 @@ def run(config: TopNConfig, workdir=None, *, protocol: Optional[Protocol] = None
   return results
 
 
-def mult_task(config: TopNConfig, protocol: Protocol, steps_per_epoch: int):
+def mult_task(config: Config, protocol: Protocol, steps_per_epoch: int):
   """(task, optimizer) of a Mult-VAE/DAE run on this protocol."""
   model = build_mult_model(config, protocol.n_items)
   anneal = config.anneal_steps or max(1, int(0.8 * config.epochs * steps_per_epoch))
@@ -471,8 +377,8 @@ def mult_task(config: TopNConfig, protocol: Protocol, steps_per_epoch: int):
   return task, optim.make_optimizer(make_config(optimizer="adam"), steps_per_epoch)
 
 
-def restore_fitted(config: TopNConfig, protocol: Protocol, workdir,
-                   members: Sequence[TopNConfig] = ()) -> dict:
+def restore_fitted(config: Config, protocol: Protocol, workdir,
+                   members: Sequence[Config] = ()) -> dict:
   """What `run` fitted, from a finished workdir: Mult-VAE/DAE parameters from
   its checkpoints (the selected epoch; of a sweep's `members`, the member best
   on validation), EASE refitted at the selected λ, popularity recounted.

@@ -134,7 +134,7 @@ def test_mult_sweep_members_match_lone_runs(tmp_path):
   res = sweep.run_sweep(base, configs, tmp_path / "sweep", progress=quiet)
   assert res["n_members"] == 2
   for k, cfg in enumerate(configs):
-    lone = topn.run(topn.from_config(cfg), tmp_path / f"lone{k}", progress=quiet)
+    lone = topn.run(cfg, tmp_path / f"lone{k}", progress=quiet)
     got = json.loads((tmp_path / "sweep" / "members" / f"k{k:02d}" / "metrics.json"
                       ).read_text())
     assert got["best_epoch"] == lone["best_epoch"]
