@@ -3,7 +3,8 @@
 Anything a user can cause (a bad file, flag, id or config) raises `UserError`
 with a one-line message naming the culprit and the fix. Scripts catch it via
 `run_main` and exit with status 2 and no traceback; library callers can catch
-it like any ValueError.
+it like any ValueError. Ctrl-C / SIGTERM during training end as `Interrupted`
+(exit 130 / 143, one line, no traceback).
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ from typing import Callable
 
 class UserError(ValueError):
   """A problem with the user's input: message is one line, shown verbatim."""
+
+
+class Interrupted(Exception):
+  """SIGINT / SIGTERM stopped training at an epoch boundary, after its
+  checkpoint was written. `exit_code` is 130 (SIGINT) or 143 (SIGTERM)."""
+
+  def __init__(self, message: str, exit_code: int):
+    super().__init__(message)
+    self.exit_code = exit_code
 
 
 def run_main(main: Callable[[list[str]], object]) -> Callable[[list[str]], object]:
@@ -35,5 +45,11 @@ def run_main(main: Callable[[list[str]], object]) -> Callable[[list[str]], objec
     except UserError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
+    except Interrupted as e:
+      print(str(e), file=sys.stderr)
+      sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (loading, compiling)
+      print("interrupted (before any epoch finished; nothing to resume)", file=sys.stderr)
+      sys.exit(130)
 
   return wrapped

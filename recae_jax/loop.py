@@ -17,9 +17,12 @@ newest readable one and continues; the history files are cut back to it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
+import signal
+import threading
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -29,7 +32,7 @@ import numpy as np
 
 from recae_jax import checkpoint as ckpt_lib
 from recae_jax import workdir as wd
-from recae_jax.errors import UserError
+from recae_jax.errors import Interrupted, UserError
 
 CHECKPOINT_FORMAT = 2
 
@@ -48,6 +51,30 @@ class FitResult:
   train_seconds: float
   compile_seconds: float
   epoch_seconds: list[float]
+
+
+@contextlib.contextmanager
+def stop_requests():
+  """While training: SIGINT (Ctrl-C) and SIGTERM (what schedulers send before
+  preemption) only set a flag, read at the next epoch boundary; a second
+  Ctrl-C stops at once. Yields a dict whose "signal" is the signal received."""
+  got = {"signal": None}
+  if threading.current_thread() is not threading.main_thread():
+    yield got  # signal handlers can only be installed from the main thread
+    return
+
+  def handler(signum, frame):
+    del frame
+    if got["signal"] is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    got["signal"] = signum
+
+  old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield got
+  finally:
+    for s, h in old.items():
+      signal.signal(s, h)
 
 
 # Copies a pytree in one compiled call (eager jnp.copy compiles once per leaf).
@@ -145,41 +172,48 @@ def fit(epoch_fn, state, data, hyper, *, epochs: int, validate: Optional[Callabl
   epoch_seconds: list[float] = []
   start = meta["epoch"] if active.any() else epochs  # a resumed run had stopped early
   t_train = time.perf_counter()
-  for epoch in range(start + 1, epochs + 1):
-    t = time.perf_counter()
-    state, m = compiled(state, data, hyper)
-    due = validate is not None and (epoch % eval_every == 0 or epoch == epochs)
-    vs = validate(state.params) if due else None
-    m, vs = jax.device_get((m, vs))  # the one host sync per epoch
-    if not np.all(np.isfinite(m["loss"][active])):
-      _diverged(epoch, m, active, state, labels, ckpts, meta, checkpoint_dir)
-    if vs is not None:
-      score = sign * np.asarray(vs["metric"], np.float64)
-      improved = active & (score < best)
-      best_params = select(improved, state.params, best_params)
-      best = np.where(improved, score, best)
-      best_epoch = np.where(improved, epoch, best_epoch)
-      bad = np.where(improved, 0, bad + (active & ~improved))
-    elif validate is None:  # no validation data: the last epoch is the selected one
-      best_params = select(active, state.params, best_params)
-      best_epoch = np.where(active, epoch, best_epoch)
-    meta["epoch"] = epoch
-    dt = time.perf_counter() - t
-    epoch_seconds.append(dt)
-    for i in np.flatnonzero(active):
-      row = _row(epoch, m, i, vs, dt / k)
-      histories[i].append(row)
-      if wd.is_primary():
-        wd.append_jsonl(history_paths[i], row)
-    progress(_progress_line(epoch, epochs, m, vs, active, epoch_seconds, higher_is_better))
-    active &= ~((patience > 0) & (bad >= patience))
-    stop = not active.any()
-    if epoch % checkpoint_every == 0 or epoch == epochs or stop:
-      save()
-    if stop:
-      what = f"best epoch {int(best_epoch[0])}" if k == 1 else "every member"
-      progress(f"early stop: no validation gain for {int(patience.max())} epochs ({what})")
-      break
+  with stop_requests() as request:
+    for epoch in range(start + 1, epochs + 1):
+      t = time.perf_counter()
+      state, m = compiled(state, data, hyper)
+      due = validate is not None and (epoch % eval_every == 0 or epoch == epochs)
+      vs = validate(state.params) if due else None
+      m, vs = jax.device_get((m, vs))  # the one host sync per epoch
+      if not np.all(np.isfinite(m["loss"][active])):
+        _diverged(epoch, m, active, state, labels, ckpts, meta, checkpoint_dir)
+      if vs is not None:
+        score = sign * np.asarray(vs["metric"], np.float64)
+        improved = active & (score < best)
+        best_params = select(improved, state.params, best_params)
+        best = np.where(improved, score, best)
+        best_epoch = np.where(improved, epoch, best_epoch)
+        bad = np.where(improved, 0, bad + (active & ~improved))
+      elif validate is None:  # no validation data: the last epoch is the selected one
+        best_params = select(active, state.params, best_params)
+        best_epoch = np.where(active, epoch, best_epoch)
+      meta["epoch"] = epoch
+      dt = time.perf_counter() - t
+      epoch_seconds.append(dt)
+      for i in np.flatnonzero(active):
+        row = _row(epoch, m, i, vs, dt / k)
+        histories[i].append(row)
+        if wd.is_primary():
+          wd.append_jsonl(history_paths[i], row)
+      progress(_progress_line(epoch, epochs, m, vs, active, epoch_seconds, higher_is_better))
+      active &= ~((patience > 0) & (bad >= patience))
+      stop = not active.any()
+      if (epoch % checkpoint_every == 0 or epoch == epochs or stop
+          or request["signal"] is not None):
+        save()
+      if request["signal"] is not None:  # the checkpoint above holds this epoch
+        if ckpts is not None:
+          ckpts.close()
+        raise Interrupted(f"interrupted at epoch {epoch}; continue with --resume",
+                          128 + int(request["signal"]))
+      if stop:
+        what = f"best epoch {int(best_epoch[0])}" if k == 1 else "every member"
+        progress(f"early stop: no validation gain for {int(patience.max())} epochs ({what})")
+        break
   train_seconds = time.perf_counter() - t_train
   save()
   if ckpts is not None:

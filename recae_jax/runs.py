@@ -8,12 +8,18 @@ from __future__ import annotations
 from typing import Callable
 
 from recae_jax import blend, topn, train
+from recae_jax import workdir as wd
 from recae_jax.config import Config
 
 
 def run(config: Config, workdir, *, resume: bool = False,
         progress: Callable[[str], None] = print, dataset=None) -> dict:
   config = config.validate()
+  with wd.run_lock(workdir):  # one run per workdir, for the run's whole life
+    return _run(config, workdir, resume=resume, progress=progress, dataset=dataset)
+
+
+def _run(config: Config, workdir, *, resume, progress, dataset) -> dict:
   if config.model != "autoencoder":
     if dataset is not None:
       return topn.run(config, workdir, resume=resume, progress=progress,

@@ -131,6 +131,12 @@ def run_sweep(base: Config, configs: Sequence[Config], workdir, *,
   plots/valid_rmse.png, metrics.json (ensemble of the members' mean
   prediction, best top-k on validation).
   """
+  with wd.run_lock(workdir):  # one run per workdir
+    return _run_sweep(base, configs, workdir, progress=progress, problem=problem,
+                      labels=labels, resume=resume, group_size=group_size)
+
+
+def _run_sweep(base, configs, workdir, *, progress, problem, labels, resume, group_size):
   k = len(configs)
   if k == 0:
     raise UserError("--sweep: no members")

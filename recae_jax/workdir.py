@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pathlib
@@ -22,6 +23,31 @@ def ensure_writable(workdir: str | os.PathLike) -> pathlib.Path:
   except OSError as e:
     raise UserError(f"workdir {path} is not writable: {e.strerror or e}") from None
   return path
+
+
+@contextlib.contextmanager
+def run_lock(workdir: str | os.PathLike) -> Iterator[None]:
+  """Holds `workdir/.lock` (fcntl.flock) for the run's life: a second process
+  on the same workdir gets a one-line UserError naming the holder's pid. The
+  kernel drops the lock when the holder exits or crashes, so a stale lock
+  file never blocks a later run. Multi-host: process 0 holds it."""
+  path = ensure_writable(workdir)
+  if not is_primary():
+    yield
+    return
+  fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+      raise UserError(f"workdir {path} is in use by another run (pid {holder}); wait "
+                      "for it to finish or choose another --workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # releases the lock
 
 
 def is_primary() -> bool:

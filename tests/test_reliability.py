@@ -228,3 +228,66 @@ def test_checkpoint_from_before_the_engine_rework_is_a_one_line_error(tiny, tmp_
     train.train_and_evaluate(dataclasses.replace(cfg, epochs=9), tmp_path, resume=True,
                              progress=_quiet, problem=problem)
   assert (tmp_path / "checkpoints" / "7").is_dir()  # left untouched
+
+
+# ------------------------------------------------- interrupts and the lock
+
+def _start(csv_path, workdir, *extra):
+  return subprocess.Popen(_args(csv_path, workdir, *extra), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
+
+
+def _wait_for_epoch(proc, n: int) -> list[str]:
+  seen = []
+  for line in proc.stdout:
+    seen.append(line)
+    if line.startswith(f"epoch {n:4d}/"):
+      return seen
+  raise AssertionError(f"run ended before epoch {n}: {seen}")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_ctrl_c_stop_at_an_epoch_then_resume_bit_for_bit(
+    csv_path, reference, tmp_path, sig, code):
+  workdir = tmp_path / "stopped"
+  proc = _start(csv_path, workdir)
+  try:
+    _wait_for_epoch(proc, 2)
+    os.kill(proc.pid, sig)
+    _, err = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == code, err[-2000:]
+  lines = [x for x in err.splitlines() if x.strip()]
+  assert "Traceback" not in err
+  assert lines[-1].startswith("interrupted at epoch ") and lines[-1].endswith(
+      "; continue with --resume"), lines[-3:]
+  stopped_at = int(lines[-1].split()[3].rstrip(";"))
+  assert 2 <= stopped_at < EPOCHS and _steps(workdir)[-1] == stopped_at
+  resumed = _train(csv_path, workdir, "--resume")
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  got, want = _metrics(workdir), _metrics(reference)
+  for key in ("test_rmse", "test_mae", "best_epoch", "best_valid_rmse"):
+    assert got[key] == want[key], key  # bit for bit
+  np.testing.assert_array_equal(np.load(workdir / "test_pred.npy"),
+                                np.load(reference / "test_pred.npy"))
+
+
+def test_second_run_on_a_workdir_in_use_is_refused(csv_path, tmp_path):
+  workdir = tmp_path / "busy"
+  first = _start(csv_path, workdir, "--epochs=40")
+  try:
+    _wait_for_epoch(first, 1)
+    second = _train(csv_path, workdir)
+    assert second.returncode == 2
+    err = [x for x in second.stderr.splitlines() if x.strip()]
+    assert len(err) == 1 and f"workdir {workdir} is in use by another run (pid {first.pid})" \
+        in err[0], second.stderr
+    assert first.poll() is None  # the first run is unaffected
+  finally:
+    first.terminate()
+    first.communicate(timeout=120)
+  assert first.returncode == 143
+  # The lock went with the process: the workdir can be resumed now.
+  again = _train(csv_path, workdir, "--resume", "--epochs=2")
+  assert again.returncode == 0, again.stderr[-2000:]
