@@ -77,7 +77,8 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
                         labels=[d.name for d in dirs], resume=resume, progress=progress,
                         problem=build_problem(base, dataset, split),
                         config_json={"base": base.to_json(),
-                                     "members": [c.to_json() for c in seeds]})
+                                     "members": [c.to_json() for c in seeds]},
+                        shared_order=False)  # independent members: each its own order
   members = [_predictions(d) for d in dirs]
   components: dict[str, dict] = {
       "autoencoder_mean": {"valid": np.mean([m["valid"] for m in members], axis=0),

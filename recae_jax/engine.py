@@ -7,10 +7,11 @@
     evaluate(params_K, rows, eval_set) -> (pred_Kxn, {"sse", "abs", "count"} [K])
 
 Members: every leaf of params / opt_state has a leading K axis (a lone run
-is K = 1). Every member sees the same batches in the same order (one grid
-per epoch from `order_rng`); member k's dropout draws come from its own key
-folded with the step, so a member trains exactly like a lone run of its
-config with that batch order. Members run in groups (`group_size`): side by
+is K = 1). In a sweep every member sees the same batches in the same order
+(one grid per epoch from a shared `order_rng`); in a seed ensemble each
+member draws its own order from its seed (`order_rng` [K, 2]). Member k's
+dropout draws come from its own key folded with the step, so a member trains
+exactly like a lone run of its config with that batch order. Members run in groups (`group_size`): side by
 side by `vmap` (a shared input makes each layer one dot_general with the
 member axis free; the accelerator default), or one after another by
 `lax.map` over groups inside the same call (the CPU default, where K stacked
@@ -60,7 +61,7 @@ class TrainState:
   params: Any           # every leaf [K, ...]
   opt_state: Any        # every leaf [K, ...]
   rng: jax.Array        # [K, 2] raw uint32 member keys (dropout), orbax-savable
-  order_rng: jax.Array  # [2] the shared batch order
+  order_rng: jax.Array  # [2] the shared batch order, or [K, 2] one per member
 
   @property
   def n_members(self) -> int:
@@ -76,8 +77,12 @@ def stack(trees: Sequence):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def init_state(task, tx, seeds: Sequence[int], order_seed: int) -> TrainState:
-  """Member k starts exactly where a lone run with seed seeds[k] would."""
+def init_state(task, tx, seeds: Sequence[int],
+               order_seed: Optional[int] = None) -> TrainState:
+  """Member k starts exactly where a lone run with seed seeds[k] would. With
+  `order_seed` every member sees one shared batch order (a sweep); with None
+  each member draws its own from its seed (a seed ensemble: then member k is
+  exactly the lone run with seed seeds[k])."""
   params, opt_states, rngs = [], [], []
   init = jax.jit(task.init)
   for seed in seeds:
@@ -86,9 +91,11 @@ def init_state(task, tx, seeds: Sequence[int], order_seed: int) -> TrainState:
     params.append(p)
     opt_states.append(tx.init(p))
     rngs.append(rng)
+  order = lambda seed: jax.random.fold_in(jax.random.PRNGKey(int(seed)), 1)
   return TrainState(step=jnp.zeros((), jnp.int32), params=stack(params),
                     opt_state=stack(opt_states), rng=jnp.stack(rngs),
-                    order_rng=jax.random.fold_in(jax.random.PRNGKey(int(order_seed)), 1))
+                    order_rng=(order(order_seed) if order_seed is not None
+                               else jnp.stack([order(s) for s in seeds])))
 
 
 def default_group_size(k: int, platform: Optional[str] = None) -> int:
@@ -159,23 +166,27 @@ def make_epoch(task, tx, batcher, *, shuffle: bool = True,
   `data` is what `batcher.data(rows)` made; metrics are [K] arrays."""
   update = make_member_update(task, tx, batcher)
 
-  def run_group(state, data, rows_NbxB, params, opt, rng, hyp):
-    """One group's pass over the grid; leaves carry a leading group axis g."""
+  def run_group(state, data, rows, params, opt, rng, hyp, per_member: bool):
+    """One group's pass over the grid; leaves carry a leading group axis g.
+    `rows` is the shared [Nb, B] grid, or per member [g, Nb, B]."""
     g = rng.shape[0]
+    rows_axis = 0 if per_member else None
     if g == 1:
-      fn = lambda p, o, r, h, rows, step: jax.tree.map(
+      fn = lambda p, o, r, h, rows_B, step: jax.tree.map(
           lambda x: x[None], update(member(p, 0), member(o, 0), r[0], member(h, 0),
-                                    data, rows, step))
+                                    data, rows_B[0] if per_member else rows_B, step))
     else:
-      fn = lambda p, o, r, h, rows, step: jax.vmap(
-          update, in_axes=(0, 0, 0, 0, None, None, None))(p, o, r, h, data, rows, step)
+      fn = lambda p, o, r, h, rows_B, step: jax.vmap(
+          update, in_axes=(0, 0, 0, 0, None, rows_axis, None))(p, o, r, h, data, rows_B,
+                                                               step)
 
     def body(carry, rows_B):
       p, o, step = carry
       p, o, out = fn(p, o, rng, hyp, rows_B, step)
       return (p, o, step + 1), out
 
-    (params, opt, _), out = jax.lax.scan(body, (params, opt, state.step), rows_NbxB)
+    xs = jnp.swapaxes(rows, 0, 1) if per_member else rows  # scan over batches
+    (params, opt, _), out = jax.lax.scan(body, (params, opt, state.step), xs)
     return params, opt, out  # out leaves [Nb, g]
 
   @functools.partial(jax.jit, donate_argnums=0)
@@ -185,20 +196,29 @@ def make_epoch(task, tx, batcher, *, shuffle: bool = True,
     g = group_size or default_group_size(k)
     if k % g:
       raise ValueError(f"group_size {g} must divide the number of members {k}")
-    order_rng, perm_rng = jax.random.split(state.order_rng)
-    rows_NbxB = batcher.epoch_rows(data, perm_rng, shuffle)
-    trees = (state.params, state.opt_state, state.rng, hyper)
+    per_member = state.order_rng.ndim == 2  # each member its own batch order
+    if per_member:
+      keys = jax.vmap(jax.random.split)(state.order_rng)
+      order_rng, perm_rng = keys[:, 0], keys[:, 1]
+      rows = jax.vmap(lambda r: batcher.epoch_rows(data, r, shuffle))(perm_rng)
+    else:
+      order_rng, perm_rng = jax.random.split(state.order_rng)
+      rows = batcher.epoch_rows(data, perm_rng, shuffle)
+    n_batches = rows.shape[-2]
+    trees = (state.params, state.opt_state, state.rng, hyper) + ((rows,) if per_member
+                                                                   else ())
     if g == k:
-      params, opt, out = run_group(state, data, rows_NbxB, *trees)
+      params, opt, out = run_group(state, data, rows, *trees[:4], per_member)
     else:
       groups = jax.tree.map(lambda x: x.reshape((k // g, g) + x.shape[1:]), trees)
       params, opt, out = jax.lax.map(
-          lambda t: run_group(state, data, rows_NbxB, *t), groups)
+          lambda t: run_group(state, data, t[4] if per_member else rows, *t[:4],
+                              per_member), groups)
       params, opt = jax.tree.map(lambda x: x.reshape((k,) + x.shape[2:]), (params, opt))
       # per-step outputs come back [groups, steps, g]: make them [steps, K]
       out = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0).reshape(x.shape[1], k), out)
     loss, aux = out
-    state = state.replace(step=state.step + rows_NbxB.shape[0], params=params,
+    state = state.replace(step=state.step + n_batches, params=params,
                           opt_state=opt, order_rng=order_rng)
     return state, (summarize or rating_metrics)(loss, aux)
 

@@ -108,8 +108,10 @@ def require_checkpoint(workdir) -> pathlib.Path:
 
 
 def restore_params(config: Config, workdir, problem: Problem,
-                   members: Optional[list[Config]] = None) -> tuple[AutoEncoder, Any, dict]:
-  """(model, best_params stacked [K, ...], meta) from `workdir/checkpoints`."""
+                   members: Optional[list[Config]] = None, independent: bool = False
+                   ) -> tuple[AutoEncoder, Any, dict]:
+  """(model, best_params stacked [K, ...], meta) from `workdir/checkpoints`;
+  `independent`: the members drew their own batch orders (an ensemble)."""
   workdir = pathlib.Path(workdir)
   ckdir = require_checkpoint(workdir)
   members = members or [config]
@@ -119,7 +121,8 @@ def restore_params(config: Config, workdir, problem: Problem,
   tx = optim.make_optimizer(config, -(-n_rows // min(config.batch_size, n_rows)))
   abstract = jax.eval_shape(
       lambda: (lambda s: {"state": s, "best_params": s.params})(
-          engine.init_state(task, tx, [c.seed for c in members], config.seed)))
+          engine.init_state(task, tx, [c.seed for c in members],
+                            None if independent else config.seed)))
   ckpts = ckpt_lib.Checkpoints(ckdir)
   try:
     restored = ckpts.restore_latest(abstract, fmt=loop.CHECKPOINT_FORMAT)
@@ -156,7 +159,8 @@ def load_workdir(workdir, *, config: Optional[Config] = None,
   if dataset is None or split is None:
     dataset, split = load_split(config)
   problem = build_problem(config, dataset, split)
-  model, params, meta = restore_params(config, ckroot, problem, members)
+  model, params, meta = restore_params(config, ckroot, problem, members,
+                                       independent=ckroot != workdir)
   return Restored(workdir, config, dataset, split, problem, model, params, meta)
 
 

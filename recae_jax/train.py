@@ -88,8 +88,8 @@ def train_members(base: Config, configs: Sequence[Config], workdir, *,
                   member_dirs: Sequence[pathlib.Path], labels: Sequence[str],
                   resume: bool = False, progress: Callable[[str], None] = print,
                   problem: Optional[Problem] = None, dataset: Optional[Dataset] = None,
-                  config_json: Optional[dict] = None, group_size: Optional[int] = None
-                  ) -> list[dict]:
+                  config_json: Optional[dict] = None, group_size: Optional[int] = None,
+                  shared_order: bool = True) -> list[dict]:
   """Trains `configs` (differing only in tasks.SWEEPABLE fields) as members of
   one engine, selects each on validation, writes each member's metrics.json,
   metrics.jsonl, test_pred.npy and valid_pred.npy into its `member_dirs`,
@@ -117,7 +117,8 @@ def train_members(base: Config, configs: Sequence[Config], workdir, *,
     progress(f"compute: {info['compute']}" + (f" ({info['reason']})" if "reason" in info else ""))
   evaluate = engine.make_evaluate(task, info["compute"], problem.rating_scale, mesh)
   seeds = [c.seed for c in configs]
-  abstract = jax.eval_shape(lambda: engine.init_state(task, tx, seeds, base.seed))
+  order_seed = base.seed if shared_order else None  # None: each member its own order
+  abstract = jax.eval_shape(lambda: engine.init_state(task, tx, seeds, order_seed))
   fit_rows, full_rows = problem.fit_data, problem.full_data
   if mesh is not None:
     fit_rows = sharding.replicate(mesh, fit_rows)
@@ -133,7 +134,7 @@ def train_members(base: Config, configs: Sequence[Config], workdir, *,
     sharding.check_divisible(mesh, batch_size, base.eval_batch_size, problem.n_cols,
                              model.n_inputs)
     progress(f"mesh: {dict(mesh.shape)} over {mesh.devices.size} devices")
-  state = _shard(mesh, engine.init_state(task, tx, seeds, base.seed))
+  state = _shard(mesh, engine.init_state(task, tx, seeds, order_seed))
   epoch_fn = engine.make_epoch(task, tx, batcher, shuffle=base.shuffle,
                                group_size=group_size)
   validate = None
@@ -159,7 +160,7 @@ def train_members(base: Config, configs: Sequence[Config], workdir, *,
   test_params = result.best_params
   refit = bool(base.refit and problem.valid is not None and result.best_epoch.max() > 0)
   if refit:
-    test_params = _refit(base, task, seeds, problem, batcher, mesh, hyper,
+    test_params = _refit(base, task, seeds, order_seed, problem, batcher, mesh, hyper,
                          result.best_epoch, progress)
   t = problem.test
   pred_Kxn, ts = jax.device_get(evaluate(test_params, full_rows, t))
@@ -210,7 +211,8 @@ def train_members(base: Config, configs: Sequence[Config], workdir, *,
   return out
 
 
-def _refit(base, task, seeds, problem, batcher, mesh, hyper, best_epoch, progress):
+def _refit(base, task, seeds, order_seed, problem, batcher, mesh, hyper, best_epoch,
+           progress):
   """Retrains every member from the same initialisation on the whole training
   split (validation ratings included) for its selected number of epochs, on
   the compute path the training used; member k's parameters are taken at
@@ -224,8 +226,8 @@ def _refit(base, task, seeds, problem, batcher, mesh, hyper, best_epoch, progres
   rows = problem.full_data if mesh is None else sharding.replicate(mesh, problem.full_data)
   data = batcher.data(rows)
   epoch_fn = engine.make_epoch(task, tx, batcher, shuffle=base.shuffle)
-  state = _shard(mesh, engine.init_state(task, tx, seeds, base.seed))
-  kept = state.params
+  state = _shard(mesh, engine.init_state(task, tx, seeds, order_seed))
+  kept = loop.copy_tree(state.params)  # the epoch donates the state
   for epoch in range(1, int(best_epoch.max()) + 1):
     state, m = epoch_fn(state, data, hyper)
     kept = loop.select(np.asarray(best_epoch) == epoch, state.params, kept)

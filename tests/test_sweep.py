@@ -198,3 +198,30 @@ def test_sweep_script_writes_workdir(tiny, tmp_path):
             "members/k00/metrics.json", "members/k01/test_pred.npy"):
     assert (out / f).exists(), f
   assert json.loads((out / "metrics.json").read_text())["n_members"] == 2
+
+
+@pytest.mark.parametrize("group_size", [1, 3])
+def test_seed_ensemble_members_are_the_lone_runs_of_their_seeds(tiny, group_size):
+  # Without a shared order (the blend's seed ensemble) each member draws its
+  # batch order from its own seed: member k IS the lone run with seed k.
+  dataset, split = tiny
+  cfg = make_config("autorec", layers=(16,), batch_size=32, epochs=1, dropout=0.2)
+  problem = build_problem(cfg, dataset, split)
+  n_rows = int(problem.fit_data.train_rows.shape[0])
+  tx = optim.make_optimizer(cfg, -(-n_rows // cfg.batch_size))
+  task = RatingTask.from_config(cfg, build_model(cfg, problem.n_cols))
+  seeds = [0, 1, 2]
+  hyper = Hyper.from_configs([dataclasses.replace(cfg, seed=s) for s in seeds])
+  epoch = engine.make_epoch(task, tx, DenseBatcher(cfg.batch_size), group_size=group_size)
+  state = engine.init_state(task, tx, seeds)
+  for _ in range(2):
+    state, metrics = epoch(state, problem.fit_data, hyper)
+  for k, seed in enumerate(seeds):
+    lone = engine.init_state(task, tx, [seed], order_seed=seed)
+    lone_epoch = engine.make_epoch(task, tx, DenseBatcher(cfg.batch_size))
+    for _ in range(2):
+      lone, m = lone_epoch(lone, problem.fit_data, Hyper.from_configs([cfg]))
+    for name, want in engine.member(lone.params, 0).items():
+      np.testing.assert_allclose(np.asarray(state.params[name][k]), np.asarray(want),
+                                 rtol=2e-5, atol=2e-6, err_msg=f"seed {seed} {name}")
+  assert len(set(np.asarray(metrics["loss"]).tolist())) == 3  # the orders differ
