@@ -93,3 +93,20 @@ def test_device_check_smoke(tmp_path):
   ours = [w for w in report["deprecations"]
           if str(REPO) in w["file"] and "site-packages" not in w["file"]]
   assert not ours, ours
+
+
+def test_device_check_budget_skips_with_notes(tmp_path):
+  """A spent budget skips every section, says so, and still writes the JSON."""
+  out = tmp_path / "skip.json"
+  env = {k: v for k, v in os.environ.items() if k not in ("RECAE_DATA_DIR", "XLA_FLAGS")}
+  env.update(JAX_PLATFORMS="cpu", OUT=str(tmp_path),
+             PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+  r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "device_check.py"),
+                      "--smoke", "--budget_s=0"], cwd=tmp_path, env=env,
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-3000:]
+  report = json.loads((tmp_path / "device_check.json").read_text())  # $OUT default
+  assert report["status"] == "incomplete"
+  assert set(report["sections"]) == set(SECTIONS)
+  assert all(s["status"] == "skipped" for s in report["sections"].values())
+  assert len(report["notes"]) == len(SECTIONS)
