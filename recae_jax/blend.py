@@ -95,8 +95,8 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
                                problem=build_problem(ucfg, dataset, split))
     components["uautorec"] = _predictions(udir)
   if config.blend_knn:
-    progress("== Pearson user-KNN component")
-    components["knn"] = _knn_component(split, dataset.rating_scale)
+    progress("== neighbourhood (KNN) component")
+    components["knn"] = _knn_component(split, dataset.rating_scale, progress)
 
   valid_t, test_t = split.valid.ratings, split.test.ratings
   names = list(components)
@@ -116,6 +116,7 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
       "best_epoch": [m["metrics"]["best_epoch"] for m in members],
       "blend_weights": dict(zip(["intercept"] + names, coef.tolist())),
       "components": per_component, "member_test_rmse": per_member,
+      **({"knn_choice": components["knn"]["choice"]} if "knn" in components else {}),
       "n_train": first["n_train"], "n_fit": first["n_fit"], "n_valid": first["n_valid"],
       "n_test": first["n_test"], "n_test_fallback": first["n_test_fallback"],
       "train_seconds": sum(m["metrics"]["train_seconds"] for m in members),
@@ -132,18 +133,13 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
   return results
 
 
-def _knn_component(split, rating_scale) -> dict:
-  """Pearson user-KNN (k=40, KNNWithMeans) predictions for validation and test.
-
-  positive_only + shrinkage 50 were chosen on a validation carve-out of
-  u1.base (see README, KNN section).
-
-  Validation pairs are predicted from the fitting ratings only, test pairs
-  from the whole training split, exactly like the autoencoder members.
-  """
-  cfg = impute.KNNConfig(neighbors=40, positive_only=True, shrinkage=50.0,
-                         rating_scale=tuple(rating_scale))
+def _knn_component(split, rating_scale, progress) -> dict:
+  """The neighbourhood model chosen on validation (`impute.best_neighbourhood`:
+  user/item Pearson or pearson_baseline, with or without KNNBaseline's
+  baselines). Validation pairs are predicted from the fitting ratings only,
+  test pairs from the whole training split, like the autoencoder members."""
   full = split.train.concat(split.valid)
-  valid, _ = impute.predict_pairs(split.train, split.valid.users, split.valid.items, cfg)
-  test, _ = impute.predict_pairs(full, split.test.users, split.test.items, cfg)
-  return {"valid": valid, "test": test}
+  out = impute.best_neighbourhood(split.train, split.valid, full, split.test,
+                                  rating_scale, progress=None)
+  progress(f"neighbourhood model chosen on validation: {out['choice']}")
+  return out
