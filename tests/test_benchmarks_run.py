@@ -1,0 +1,63 @@
+"""The engine benchmarks run end to end at small settings (synthetic data, no data dir).
+
+Not a speed check: it proves sweep_bench, sparse_bench, scaling_bench and
+torch_reference_bench (when PyTorch is installed) still run on the engine's
+API and print the JSON keys their notes and plots read.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DATA = ["--dataset=synthetic:ml-100k", "--split=random"]
+
+
+def _run(tmp_path, script, *args):
+  env = {k: v for k, v in os.environ.items() if k not in ("RECAE_DATA_DIR", "XLA_FLAGS")}
+  env.update(JAX_PLATFORMS="cpu", RECAE_CACHE_DIR=str(tmp_path / "cache"),
+             PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+  r = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args],
+                     cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return json.loads(r.stdout[r.stdout.index("{") if script != "scaling_bench.py"
+                             else r.stdout.index("["):])
+
+
+def test_sweep_bench(tmp_path):
+  out = _run(tmp_path, "sweep_bench.py", "--preset=autorec", *DATA, "--layers=16",
+             "--members=2", "--repeats=1")
+  assert out["members"] == 2
+  for k in ("sweep_epoch_seconds", "sequential_epoch_seconds", "speedup_vs_sequential",
+            "naive_vmap_epoch_seconds", "sweep_compile_seconds", "lone_compile_seconds"):
+    assert out[k] > 0, k
+
+
+def test_sparse_bench(tmp_path):
+  out = _run(tmp_path, "sparse_bench.py", *DATA, "--presets=autorec",
+             "--batchings=stratified", "--repeats=1")
+  (r,) = out["results"]
+  assert r["dense_epoch_seconds"] > 0 and r["sparse_epoch_seconds"] > 0
+  assert r["choice"] in ("dense", "sparse") and r["batching"] == "stratified"
+
+
+def test_scaling_bench(tmp_path):
+  out = _run(tmp_path, "scaling_bench.py", "--sizes=ml-100k", "--steps=1", "--hidden=16",
+             f"--out={tmp_path / 'scaling'}")
+  (r,) = out
+  assert r["dense_epoch_seconds"] > 0 and r["sparse_epoch_seconds"] > 0
+  assert (tmp_path / "scaling" / "scaling.json").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch not installed")
+def test_torch_reference_bench(tmp_path):
+  out = _run(tmp_path, "torch_reference_bench.py", "--preset=autorec", *DATA,
+             "--layers=16", "--repeats=1")
+  assert out["jax_epoch_seconds"] > 0 and out["torch_epoch_seconds"] > 0
