@@ -393,7 +393,8 @@ class _Prepared:
   def block_size(self, requested: Optional[int]) -> int:
     if requested:
       return int(min(requested, self.u))
-    return int(max(1, min(self.u, _ELEMENT_BUDGET // max(self.u, self.i))))
+    b = int(max(1, min(self.u, _ELEMENT_BUDGET // max(self.u, self.i))))
+    return -(-self.u // -(-self.u // b)) if self.u else b  # balanced blocks
 
   def ranks(self, start: int, size: int):
     """(sim [size, U] on the device, ranks [size, U+1] on the host) of a user

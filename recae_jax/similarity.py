@@ -383,8 +383,10 @@ class DenseFeatures:
 
 
 def _default_block(n_rows: int, n_cols: int, budget: int = 1 << 24) -> int:
-  """Rows per block so a [B, U] / [B, I] intermediate stays ~64 MB."""
-  return int(max(1, min(n_rows, budget // max(1, max(n_rows, n_cols)))))
+  """Rows per block so a [B, U] / [B, I] intermediate stays ~64 MB, balanced
+  so the last block is not mostly padding (which is computed all the same)."""
+  b = int(max(1, min(n_rows, budget // max(1, max(n_rows, n_cols)))))
+  return -(-n_rows // -(-n_rows // b)) if n_rows else b
 
 
 def similarity_matrix(data: Data, config: Optional[SimilarityConfig] = None, *,
