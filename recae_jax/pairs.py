@@ -58,11 +58,15 @@ def fallback_values(train: Ratings, users: np.ndarray, items: np.ndarray,
   (its input row is empty or its output column was never trained). The value
   is the item's training mean if the item has ratings, else the user's mean,
   else the global mean ("item_user_global"); or always the global mean.
+  Index -1 stands for an id the training data has never seen (no ratings).
   """
-  u_cnt = np.bincount(train.users, minlength=train.n_users)
-  i_cnt = np.bincount(train.items, minlength=train.n_items)
-  u_sum = np.bincount(train.users, weights=train.ratings, minlength=train.n_users)
-  i_sum = np.bincount(train.items, weights=train.ratings, minlength=train.n_items)
+  # One zero slot at the end: index -1 (an unknown id) reads "no ratings".
+  u_cnt = np.append(np.bincount(train.users, minlength=train.n_users), 0)
+  i_cnt = np.append(np.bincount(train.items, minlength=train.n_items), 0)
+  u_sum = np.append(np.bincount(train.users, weights=train.ratings,
+                                minlength=train.n_users), 0.0)
+  i_sum = np.append(np.bincount(train.items, weights=train.ratings,
+                                minlength=train.n_items), 0.0)
   glob = float(train.ratings.mean()) if len(train) else 0.0
   need = (u_cnt[users] == 0) | (i_cnt[items] == 0)
   if mode == "global":

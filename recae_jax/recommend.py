@@ -54,6 +54,7 @@ from recae_jax.data import sparse
 from recae_jax.data.types import Dataset, Ratings
 from recae_jax.errors import UserError
 from recae_jax.models import AutoEncoder, DenseInput
+from recae_jax.pairs import fallback_values
 from recae_jax.problem import RowData, build_problem
 from recae_jax.restore import Restored, RestoredTopN
 
@@ -78,6 +79,14 @@ class Recommender:
   @property
   def is_topn(self) -> bool:
     return self.kind != "autoencoder"
+
+  def predict(self, user_ids, item_ids) -> tuple[np.ndarray, np.ndarray]:
+    """See `predict_pairs`."""
+    return predict_pairs(self, user_ids, item_ids)
+
+  def recommend_new_user(self, ratings, k: int = 10) -> "NewUserRecommendation":
+    """See `recommend_new_user`."""
+    return recommend_new_user(self, ratings, k)
 
   @property
   def n_users(self) -> int:
@@ -555,3 +564,154 @@ def run_rating_ae(ae_config, protocol: topn.Protocol, workdir, *, ks=(20, 50, 10
           "valid": valid, "best_epoch": metrics["best_epoch"],
           "test_rmse_predict_part": metrics["test_rmse"],
           "train_seconds": metrics["train_seconds"]}
+
+
+# ------------------------------------------------- pairs and new users
+
+def id_indices(ids: np.ndarray, wanted) -> np.ndarray:
+  """Indices of original ids (int or string ids, given as ints or strings);
+  -1 for an id the dataset does not hold."""
+  ids = np.asarray(ids)
+  wanted = pd.Series(np.asarray(wanted, dtype=object)).astype(str).str.strip()
+  if ids.dtype.kind in "iu":
+    as_int = pd.to_numeric(wanted, errors="coerce")
+    ok = as_int.notna() & (as_int == as_int.round())
+    keys = pd.Series(np.where(ok, as_int.fillna(0), -(2**62)), dtype="int64")
+    idx = pd.Index(ids).get_indexer(keys)
+    return np.where(ok, idx, -1).astype(np.int64)
+  return pd.Index(ids.astype(str)).get_indexer(wanted).astype(np.int64)
+
+
+def predict_pairs(rec: Recommender, user_ids, item_ids) -> tuple[np.ndarray, np.ndarray]:
+  """(prediction float32 [n], fallback bool [n]) for pairs in original ids.
+
+  Rating models: the members' averaged predicted rating, clipped to the
+  scale. A pair whose user or item the model never saw (unknown id, or no
+  training rating) falls back to the item's training mean, else the user's,
+  else the global mean (`--fallback=global`: always the global mean), and is
+  flagged. Top-N models: the raw score; an unknown pair's score is NaN."""
+  users = id_indices(rec.dataset.user_ids, user_ids)
+  items = id_indices(rec.dataset.item_ids, item_ids)
+  if len(users) != len(items):
+    raise UserError(f"{len(users)} user ids but {len(items)} item ids")
+  known = (users >= 0) & (items >= 0)
+  known &= (np.append(rec.n_train_U, 0)[users] > 0) & (np.append(rec.n_train_I, 0)[items] > 0)
+  out = np.full(len(users), np.nan, np.float32)
+  uniq, inv = np.unique(users[known], return_inverse=True)
+  if len(uniq):
+    scores_UxI = predict_users(rec, uniq)  # one row per distinct known user
+    out[known] = scores_UxI[inv, items[known]]
+  if not rec.is_topn:
+    need, value = fallback_values(rec.seen, users, items, rec.config.fallback)
+    out = np.where(known & ~need, out, value).astype(np.float32)
+    return out, ~known | need
+  return out, ~known
+
+
+@dataclasses.dataclass
+class NewUserRecommendation:
+  items: pd.DataFrame     # rank, movie_id, title, predicted_rating, score
+  method: str             # "fold-in" or "ridge regression on the item codes"
+  n_known: int            # rated items the model knows
+  n_unknown: int          # rated items it does not (ignored, warned about)
+
+  def to_json(self) -> dict:
+    return {"method": self.method, "n_known_items": self.n_known,
+            "n_unknown_items": self.n_unknown,
+            "items": self.items.to_dict(orient="records")}
+
+
+RIDGE = 1.0  # λ of the new user's output weights (item-oriented models)
+
+
+def _hidden_rows(rec: Recommender) -> np.ndarray:
+  """[K, I, H]: each member's last hidden layer for every item row."""
+  div = float(rec.config.rating_divisor)
+  fn = jax.jit(lambda p, rows: engine.over_members(
+      lambda q, x: rec.model.hidden(q, x), p,
+      DenseInput(*(lambda v, m, side: (v / div, m, side))(*rec.data.batch(rows)))))
+  n = rec.data.n_rows
+  blocks = np.asarray(ranking._blocks(np.arange(n), 512, n))
+  return np.concatenate([np.asarray(fn(rec.params, jnp.asarray(b))) for b in blocks],
+                        axis=1)[:, :n]
+
+
+def _new_user_scores(rec: Recommender, items: np.ndarray, values: np.ndarray
+                     ) -> tuple[np.ndarray, str]:
+  """Scores over every item for a user who rated `items` with `values`."""
+  if rec.is_topn:
+    fn, ctx = rec.topn_scorer
+    x = np.zeros((1, rec.n_items), np.float32)
+    x[0, items] = np.where(values >= rec.config.threshold, 1.0, 0.0)
+    if rec.kind == "popularity":
+      return np.asarray(ctx, np.float32), "popularity (no personalisation)"
+    if rec.kind == "ease":
+      s = np.full(rec.n_items, -np.inf, np.float32)
+      cols = np.asarray(ctx["cols_C"])
+      s[cols] = x[0, cols] @ np.asarray(ctx["b_CxC"])
+      return s, "fold-in"
+    logits = rec.model.apply(rec.params, jnp.asarray(x))[0]
+    return np.asarray(logits)[0], "fold-in"
+  div = float(rec.config.rating_divisor)
+  if rec.config.orientation == "user":  # the row goes through the model
+    x = np.zeros((1, rec.n_items), np.float32)
+    x[0, items] = values / div
+    if rec.data.side_RxS is not None:
+      raise UserError("a new user has no side features: this model was trained with "
+                      f"--side_features={','.join(rec.config.side_features)}")
+    inp = DenseInput(jnp.asarray(x), jnp.asarray(x != 0))
+    out = engine.over_members(rec.model.apply, rec.params, inp).mean(0)
+    return np.asarray(out)[0] * div, "fold-in"
+  # Item-oriented: the user is an output column. Fit its weights v and bias c
+  # to the rated items' hidden codes in closed form (ridge regression), then
+  # score every item as g(h_i · v + c).
+  if rec.config.output_activation != "identity":
+    raise UserError("a new user of an item-oriented model is fitted by ridge "
+                    "regression, which needs --output_activation=identity")
+  h_KxIxH = _hidden_rows(rec)
+  scores = []
+  for h_IxH in h_KxIxH:  # a handful of members
+    a = np.concatenate([h_IxH[items], np.ones((len(items), 1), np.float32)], 1)
+    reg = RIDGE * np.eye(a.shape[1])
+    reg[-1, -1] = 0.0  # the bias is not regularised
+    w = np.linalg.solve(a.T.astype(np.float64) @ a + reg, a.T @ (values / div))
+    scores.append(np.concatenate([h_IxH, np.ones((len(h_IxH), 1))], 1) @ w)
+  return (np.mean(scores, 0) * div).astype(np.float32), "ridge regression on the item codes"
+
+
+def recommend_new_user(rec: Recommender, ratings, k: int = 10) -> NewUserRecommendation:
+  """Top-k items for someone not in the training data, from their ratings
+  (a DataFrame or mapping item -> rating, original item ids), without
+  retraining. User-oriented models fold the new row in; item-oriented ones
+  fit the user's output weights by ridge regression on the item codes.
+  Rated items are excluded; unknown items are counted and ignored."""
+  if isinstance(ratings, dict):
+    ratings = pd.DataFrame({"item": list(ratings), "rating": list(ratings.values())})
+  if len(ratings) == 0:
+    raise UserError("the new user's ratings are empty: give item,rating rows")
+  values = pd.to_numeric(ratings["rating"], errors="coerce").to_numpy(np.float64)
+  lo, hi = rec.dataset.rating_scale
+  bad = np.isnan(values) | (values < lo) | (values > hi)
+  if bad.any():
+    j = int(np.flatnonzero(bad)[0])
+    raise UserError(f"rating {ratings['rating'].iloc[j]!r} of item "
+                    f"{ratings['item'].iloc[j]!r} is off the scale [{lo:g}, {hi:g}]")
+  idx = id_indices(rec.dataset.item_ids, ratings["item"])
+  known = (idx >= 0) & (rec.n_train_I[np.maximum(idx, 0)] > 0)
+  if not known.any():
+    raise UserError(f"none of the new user's {len(idx)} items is known to the model "
+                    f"(items with training ratings in {rec.dataset.name})")
+  items, values = idx[known], values[known]
+  scores, method = _new_user_scores(rec, items, values)
+  allowed = rec.candidates_I.copy()
+  allowed[idx[idx >= 0]] = False  # exclude everything the user rated
+  check_k(k, int(allowed.sum()))
+  s = np.where(allowed, scores, -np.inf)
+  top = np.argsort(-s, kind="stable")[:k]
+  pred = (np.full(k, np.nan) if rec.is_topn else np.clip(scores[top], lo, hi))
+  table = pd.DataFrame({"rank": np.arange(1, k + 1),
+                        "movie_id": np.asarray(rec.dataset.item_ids)[top],
+                        "title": titles(rec.dataset)[top],
+                        "predicted_rating": np.round(pred.astype(float), 3),
+                        "score": np.round(scores[top].astype(float), 4)})
+  return NewUserRecommendation(table, method, int(known.sum()), int((~known).sum()))

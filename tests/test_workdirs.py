@@ -100,3 +100,93 @@ def test_scripts_on_a_top_n_workdir(workdirs, tmp_path):
     if args[0] == "evaluate.py":
       assert 0 <= json.loads(p.stdout)["ranking"]["ndcg@10"] <= 1
   assert (tmp_path / "emb" / "items.npy").exists() and (tmp_path / "emb" / "users.npy").exists()
+
+
+@pytest.mark.parametrize("kind", ["lone", "ensemble", "sweep", "mult_dae", "ease"])
+def test_predict_pairs_in_original_ids_with_fallbacks(workdirs, kind):
+  rec = recommend.from_workdir(workdirs[kind])
+  users = ["1", "2", "99999", "3"]
+  items = ["5", "99999", "7", "8"]
+  pred, fallback = rec.predict(users, items)
+  assert pred.shape == (4,) and pred.dtype == np.float32
+  assert fallback.tolist()[1:3] == [True, True]  # unknown item / unknown user
+  if rec.is_topn:
+    assert np.isnan(pred[1]) and np.isnan(pred[2])
+    assert not fallback[0] or rec.n_train_U[recommend.user_index(rec.dataset, 1)] == 0
+  else:
+    lo, hi = rec.dataset.rating_scale
+    assert np.all((pred >= lo) & (pred <= hi))
+    # a known pair is the model's own prediction (the same as predict_users)
+    u = recommend.user_index(rec.dataset, 1)
+    i = recommend.find_item(rec.dataset, 5)
+    if not fallback[0]:
+      assert pred[0] == pytest.approx(float(recommend.predict_users(rec, [u])[0, i]), abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lone", "sweep", "mult_dae", "ease", "popularity"])
+def test_new_user_without_retraining(workdirs, kind):
+  rec = recommend.from_workdir(workdirs[kind])
+  # a real user's ratings, as if they were new: the fold-in / ridge fit should
+  # rank that user's held-out liked items above chance
+  u = recommend.user_index(rec.dataset, 3)
+  mine = rec.seen.users == u
+  rated = rec.seen.items[mine]
+  ratings = {str(rec.dataset.item_ids[i]): float(r) for i, r in
+             zip(rated, rec.dataset.ratings.ratings[np.flatnonzero(
+                 rec.dataset.ratings.users == u)][:len(rated)])} if False else {
+      str(rec.dataset.item_ids[i]): 5.0 for i in rated}
+  ratings["no-such-item"] = 4.0
+  r = rec.recommend_new_user(ratings, k=5)
+  assert r.n_unknown == 1 and r.n_known == len(rated)
+  assert len(r.items) == 5
+  shown = {recommend.find_item(rec.dataset, i) for i in r.items["movie_id"]}
+  assert not shown & set(rated.tolist())  # rated items excluded
+  want = {"lone": "ridge regression on the item codes", "sweep": "fold-in",
+          "mult_dae": "fold-in", "ease": "fold-in"}.get(kind, "popularity")
+  assert r.method.startswith(want)
+  with pytest.raises(restore.UserError, match="none of the new user's 1 items"):
+    rec.recommend_new_user({"no-such-item": 4.0}, k=5)
+  with pytest.raises(restore.UserError, match="off the scale"):
+    rec.recommend_new_user({str(rec.dataset.item_ids[rated[0]]): 99.0}, k=5)
+  with pytest.raises(restore.UserError, match="empty"):
+    rec.recommend_new_user({}, k=5)
+
+
+def test_predict_and_new_user_scripts(workdirs, tmp_path):
+  d = workdirs["lone"]
+  pairs = tmp_path / "pairs.csv"
+  pairs.write_text("user,item,extra\n1,5,a\n2,99999,b\n99999,7,c\n")
+  out = tmp_path / "out" / "pred.csv"
+  out.parent.mkdir()
+  p = subprocess.run([sys.executable, "experiments/predict.py", f"--workdir={d}",
+                      f"--pairs={pairs}", f"--out={out}"], capture_output=True, text=True,
+                     timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+  import pandas as pd
+  got = pd.read_csv(out)
+  assert got["user"].tolist() == [1, 2, 99999] and got["extra"].tolist() == ["a", "b", "c"]
+  assert got["fallback"].tolist()[1:] == [True, True]
+  assert json.loads(p.stdout)["fallback"] >= 2
+  new = tmp_path / "new.csv"
+  new.write_text("item,rating\n1,5\n2,4\nzzz,3\n")
+  p = subprocess.run([sys.executable, "experiments/recommend.py", f"--workdir={d}",
+                      f"--new_user={new}", "--k=3", "--json"], capture_output=True,
+                     text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+  r = json.loads(p.stdout)
+  assert r["method"] == "ridge regression on the item codes" and len(r["items"]) == 3
+  assert "1 of 3 rated items are not known" in p.stderr
+  # bad input: one line, exit 2, nothing written
+  empty = tmp_path / "empty.csv"
+  empty.write_text("")
+  cases = [(["recommend.py", f"--workdir={d}", f"--new_user={empty}"], "empty"),
+           (["predict.py", f"--workdir={d}", f"--pairs={pairs}", f"--out={pairs}/x.csv"],
+            "not writable"),
+           (["predict.py", f"--workdir={d}", f"--pairs={new}", f"--out={out}"],
+            "no user column")]
+  for args, word in cases:
+    p = subprocess.run([sys.executable, f"experiments/{args[0]}", *args[1:]],
+                       capture_output=True, text=True, timeout=300)
+    lines = [x for x in p.stderr.splitlines() if x.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and word in lines[0], (args, p.stderr)
+  assert pd.read_csv(out)["user"].tolist() == [1, 2, 99999]  # OUT untouched
