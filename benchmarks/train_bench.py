@@ -72,7 +72,9 @@ def main(argv):
     state, m = compiled(state, run.data, run.hyper)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
-  shapes = [tuple(v.shape[1:]) for k, v in sorted(state.params.items())
+  # Layers in forward order (enc_0 first: its input needs no gradient).
+  order = lambda k: (k.startswith("dec_"), int(k.split("_")[1]))
+  shapes = [tuple(state.params[k].shape[1:]) for k in sorted(state.params, key=order)
             if k.endswith("kernel")]
   flops = epoch_flops(shapes, steps * batch) * (1 + config.dense_refeeding)
   epoch_s = float(np.median(times))
