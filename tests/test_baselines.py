@@ -96,6 +96,7 @@ def test_transpose_and_bad_input():
   assert B.make_config("sgd").method == "sgd"
 
 
+@pytest.mark.surprise
 def test_matches_surprise_baseline_only_if_installed():
   surprise = pytest.importorskip("surprise")
   import pandas as pd

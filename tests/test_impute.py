@@ -105,6 +105,9 @@ def test_fill_blocks_and_save_filled(tmp_path, monkeypatch):
   # Same block size as below: the square (one-block) similarity path sums in
   # another order and may differ in the last float32 bit.
   full = impute.fill_matrix(train, neighbors=5, block_size=16)
+  # ... and the one-block fill agrees to float32 rounding.
+  np.testing.assert_allclose(impute.fill_matrix(train, neighbors=5), full,
+                             rtol=1e-6, atol=1e-6)
   starts = []
   for start, pred, fall in impute.fill_blocks(train, neighbors=5,
                                               block_size=16):
@@ -309,6 +312,7 @@ def test_topk_lists_restrict_neighbours_to_the_list():
   np.testing.assert_allclose(got, ref.ravel(), atol=2e-5)
 
 
+@pytest.mark.surprise
 def test_matches_surprise_knn_baseline_if_installed():
   """Surprise's (n-1)/(n-1+λ) shrink is 1 at λ = 0 with support >= 2."""
   surprise = pytest.importorskip("surprise")

@@ -172,6 +172,7 @@ def test_pearson_baseline_matches_slow_reference(shrinkage):
     S.similarity_matrix(t.transpose(), metric="pearson_baseline", baseline=bl)
 
 
+@pytest.mark.surprise
 def test_pearson_baseline_matches_surprise_if_installed():
   """Surprise shrinks by (n - 1) / (n - 1 + λ) and needs n >= 2; undo that."""
   surprise = pytest.importorskip("surprise")
