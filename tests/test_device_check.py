@@ -43,7 +43,7 @@ def test_device_check_smoke(tmp_path):
   env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
   r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "device_check.py"),
                       "--smoke", f"--out={out}"], cwd=tmp_path, env=env,
-                     capture_output=True, text=True, timeout=120)
+                     capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   report = json.loads(out.read_text())
   assert json.loads(r.stdout[r.stdout.index("{"):]) == report  # stdout too
@@ -103,7 +103,7 @@ def test_device_check_budget_skips_with_notes(tmp_path):
              PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
   r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "device_check.py"),
                       "--smoke", "--budget_s=0"], cwd=tmp_path, env=env,
-                     capture_output=True, text=True, timeout=120)
+                     capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   report = json.loads((tmp_path / "device_check.json").read_text())  # $OUT default
   assert report["status"] == "incomplete"

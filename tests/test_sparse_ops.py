@@ -61,4 +61,7 @@ def test_ops_under_jit_and_chunk_size_bounds():
   np.testing.assert_allclose(f(w), _plain_spmm(w, row, col, value, b), rtol=1e-5, atol=1e-5)
   assert sparse_ops.chunk_size(10, 500) == 10                      # never more than T
   assert sparse_ops.chunk_size(10**6, 10**7) == 16                 # at least 16
-  assert sparse_ops.chunk_size(10**6, 500) * 500 <= sparse_ops.CHUNK_FLOATS
+  assert sparse_ops.chunk_size(10**6, 500, "cpu") * 500 <= sparse_ops.CHUNK_FLOATS["cpu"]
+  # on an accelerator a chunk is far larger (a scan over small chunks serializes)
+  assert sparse_ops.chunk_size(10**6, 500, "gpu") == min(
+      10**6, sparse_ops.ACCELERATOR_CHUNK_FLOATS // 500)
