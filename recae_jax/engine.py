@@ -168,25 +168,31 @@ def make_epoch(task, tx, batcher, *, shuffle: bool = True,
 
   def run_group(state, data, rows, params, opt, rng, hyp, per_member: bool):
     """One group's pass over the grid; leaves carry a leading group axis g.
-    `rows` is the shared [Nb, B] grid, or per member [g, Nb, B]."""
+    `rows` is the shared [Nb, B] grid, or per member [g, Nb, B]. A group of
+    one scans the member's unstacked state (no member axis in the loop carry:
+    slicing it off and back on every step made XLA copy the whole state)."""
     g = rng.shape[0]
-    rows_axis = 0 if per_member else None
     if g == 1:
-      fn = lambda p, o, r, h, rows_B, step: jax.tree.map(
-          lambda x: x[None], update(member(p, 0), member(o, 0), r[0], member(h, 0),
-                                    data, rows_B[0] if per_member else rows_B, step))
+      params, opt, hyp = member(params, 0), member(opt, 0), member(hyp, 0)
+      rng, rows = rng[0], rows[0] if per_member else rows
+      fn = lambda p, o, rows_B, step: update(p, o, rng, hyp, data, rows_B, step)
     else:
-      fn = lambda p, o, r, h, rows_B, step: jax.vmap(
-          update, in_axes=(0, 0, 0, 0, None, rows_axis, None))(p, o, r, h, data, rows_B,
-                                                               step)
+      rows_axis = 0 if per_member else None
+      fn = lambda p, o, rows_B, step: jax.vmap(
+          update, in_axes=(0, 0, 0, 0, None, rows_axis, None))(p, o, rng, hyp, data,
+                                                               rows_B, step)
+      if per_member:
+        rows = jnp.swapaxes(rows, 0, 1)  # scan over batches: [Nb, g, B]
 
     def body(carry, rows_B):
       p, o, step = carry
-      p, o, out = fn(p, o, rng, hyp, rows_B, step)
+      p, o, out = fn(p, o, rows_B, step)
       return (p, o, step + 1), out
 
-    xs = jnp.swapaxes(rows, 0, 1) if per_member else rows  # scan over batches
-    (params, opt, _), out = jax.lax.scan(body, (params, opt, state.step), xs)
+    (params, opt, _), out = jax.lax.scan(body, (params, opt, state.step), rows)
+    if g == 1:
+      params, opt, out = jax.tree.map(lambda x: x[None], params), jax.tree.map(
+          lambda x: x[None], opt), jax.tree.map(lambda x: x[:, None], out)
     return params, opt, out  # out leaves [Nb, g]
 
   @functools.partial(jax.jit, donate_argnums=0)
