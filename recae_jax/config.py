@@ -68,6 +68,7 @@ class Config:
   dense_refeeding: int = 0         # DeepRecommender's extra updates on f(x)
   refit: bool = False              # after selection, retrain on train+valid for best_epoch epochs
   checkpoint_every: int = 10
+  tensorboard: bool = False        # also write TensorBoard event files under workdir/tb (pip install 'recae_jax[tensorboard]')
   dense_budget_mb: int = 1024      # whole matrix on device if it fits, else CSR
   memory_budget_mb: int = 0        # stop before training if the estimated peak per device exceeds it; 0 = no check
   compute_dtype: str = "float32"   # "bfloat16": bf16 matmuls, float32 params and loss

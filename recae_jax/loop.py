@@ -121,17 +121,48 @@ def _row(epoch: int, m: dict, i: int, vrow: Optional[dict], seconds: float) -> d
   return row
 
 
+class TensorBoard:
+  """One event-file run per member (tensorboardX, an optional extra): per
+  epoch the train loss, the validation metrics, the learning rate and the
+  epoch seconds."""
+
+  def __init__(self, dirs: Sequence[pathlib.Path]):
+    try:
+      from tensorboardX import SummaryWriter  # optional dependency
+    except ImportError:
+      raise UserError("--tensorboard needs tensorboardX: pip install "
+                      "'recae_jax[tensorboard]'") from None
+    self.writers = [SummaryWriter(logdir=str(d)) for d in dirs] if wd.is_primary() else []
+
+  def log(self, i: int, row: dict, lr: float) -> None:
+    if not self.writers:
+      return
+    w, epoch = self.writers[i], row["epoch"]
+    for key, value in row.items():
+      if key != "epoch":
+        w.add_scalar(key, value, epoch)
+    w.add_scalar("learning_rate", lr, epoch)
+
+  def close(self) -> None:
+    for w in self.writers:
+      w.close()
+
+
 def fit(epoch_fn, state, data, hyper, *, epochs: int, validate: Optional[Callable],
         patience: Sequence[int], checkpoint_dir: Optional[pathlib.Path],
         history_paths: Sequence,
         resume: bool = False, checkpoint_every: int = 10, eval_every: int = 1,
         higher_is_better: bool = False, labels: Sequence[str] = (),
-        progress: Callable[[str], None] = print, place=None) -> FitResult:
+        progress: Callable[[str], None] = print, place=None,
+        tensorboard_dirs: Sequence = (), lr_at: Optional[Callable] = None) -> FitResult:
   """Trains until `epochs` or every member is out of patience.
 
   validate(params_K) -> {"metric": [K], other history fields: [K]} (device
   arrays are fine), or None without validation data. `place(tree)` re-places a
-  restored state on the mesh. `checkpoint_dir=None`: no checkpoints."""
+  restored state on the mesh. `checkpoint_dir=None`: no checkpoints.
+  `tensorboard_dirs` (one per member) also log each epoch there, with the
+  learning rate `lr_at(step) -> [K]`."""
+  tb = TensorBoard(tensorboard_dirs) if tensorboard_dirs else None
   k = state.n_members
   labels = list(labels) or [f"k{i:02d}" for i in range(k)]
   patience = np.asarray(patience, np.int64)
@@ -199,6 +230,8 @@ def fit(epoch_fn, state, data, hyper, *, epochs: int, validate: Optional[Callabl
         histories[i].append(row)
         if wd.is_primary():
           wd.append_jsonl(history_paths[i], row)
+        if tb is not None:
+          tb.log(i, row, float(np.asarray(lr_at(int(state.step)))[i]) if lr_at else float("nan"))
       progress(_progress_line(epoch, epochs, m, vs, active, epoch_seconds, higher_is_better))
       active &= ~((patience > 0) & (bad >= patience))
       stop = not active.any()
@@ -215,6 +248,8 @@ def fit(epoch_fn, state, data, hyper, *, epochs: int, validate: Optional[Callabl
         progress(f"early stop: no validation gain for {int(patience.max())} epochs ({what})")
         break
   train_seconds = time.perf_counter() - t_train
+  if tb is not None:
+    tb.close()
   save()
   if ckpts is not None:
     ckpts.close()

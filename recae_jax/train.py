@@ -32,7 +32,7 @@ from recae_jax.problem import Problem, build_problem, load_split
 from recae_jax.tasks import Hyper, RatingTask
 
 TrainingDiverged = loop.TrainingDiverged
-_RESUMABLE_CHANGES = {"epochs", "patience", "checkpoint_every"}
+_RESUMABLE_CHANGES = {"epochs", "patience", "checkpoint_every", "tensorboard"}
 
 
 def user_mean_rmse(ratings: Ratings, pred: np.ndarray) -> float:
@@ -110,7 +110,8 @@ def train_members(base: Config, configs: Sequence[Config], workdir, *,
   model = build_model(base, problem.n_cols, problem.n_side, tuple(configs))
   task = RatingTask.from_config(base, model, configs)
   hyper = Hyper.from_configs(configs)
-  tx = optim.make_optimizer(base, -(-n_train_rows // batch_size))
+  steps_per_epoch = -(-n_train_rows // batch_size)
+  tx = optim.make_optimizer(base, steps_per_epoch)
   batcher, info = compute_lib.choose(base, problem.fit_data, problem.n_cols, batch_size,
                                      mesh, configs)
   if base.compute != "dense":
@@ -152,7 +153,10 @@ def train_members(base: Config, configs: Sequence[Config], workdir, *,
       patience=[c.patience for c in configs], checkpoint_dir=workdir / "checkpoints",
       history_paths=[d / "metrics.jsonl" for d in member_dirs], resume=resume,
       checkpoint_every=base.checkpoint_every, labels=labels, progress=progress,
-      place=lambda s: _shard(mesh, s))
+      place=lambda s: _shard(mesh, s),
+      tensorboard_dirs=(([workdir / "tb"] if k == 1 else [workdir / "tb" / lb for lb in labels])
+                        if base.tensorboard else ()),
+      lr_at=lambda step: _learning_rates(base, configs, steps_per_epoch, step))
   # Only the best parameters are needed from here: free the training state
   # before a refit allocates its own (Netflix-size I-AutoRec: 5.8 GB).
   state = data = None
@@ -209,6 +213,13 @@ def train_members(base: Config, configs: Sequence[Config], workdir, *,
       pass
   wd.barrier("train-and-evaluate-done")  # others may read these files next (ensembles)
   return out
+
+
+def _learning_rates(base: Config, configs, steps_per_epoch: int, step: int) -> np.ndarray:
+  """Each member's learning rate at `step` (its rate times the schedule)."""
+  factor = optim.make_schedule(base, steps_per_epoch, 1.0)
+  factor = float(factor(step)) if callable(factor) else float(factor)
+  return np.array([c.learning_rate * factor for c in configs])
 
 
 def _refit(base, task, seeds, order_seed, problem, batcher, mesh, hyper, best_epoch,

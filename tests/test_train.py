@@ -308,3 +308,43 @@ def test_ensemble_blends_members_on_validation(tmp_path):
     assert res["valid_rmse"] <= part["valid_rmse"] + 1e-6
   for name in ("m0", "m1", "uautorec"):
     assert (tmp_path / "ens" / "members" / name / "test_pred.npy").exists()
+
+
+def _events(run_dir) -> dict:
+  """{tag: [(step, value), ...]} read back from the event files of one run."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  out = {}
+  for path in sorted(run_dir.glob("events.out.tfevents.*")):
+    data = path.read_bytes()
+    pos = 0
+    while pos < len(data):  # TFRecord: len u64, crc u32, payload, crc u32
+      (n,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+      pos += 12 + n + 4
+      for v in event.summary.value:
+        out.setdefault(v.tag, []).append((event.step, v.simple_value))
+  return out
+
+
+def test_tensorboard_events_per_run_and_per_sweep_member(tiny, tmp_path):
+  from recae_jax import sweep
+  ds, split = tiny
+  cfg = make_config("autorec", layers=(8,), batch_size=32, epochs=3, tensorboard=True,
+                    learning_rate=2e-3)
+  train.train_and_evaluate(cfg, tmp_path / "run", progress=_quiet,
+                           problem=build_problem(cfg, ds, split))
+  ev = _events(tmp_path / "run" / "tb")
+  rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert [s for s, _ in ev["train_loss"]] == [1, 2, 3]
+  np.testing.assert_allclose([v for _, v in ev["valid_rmse"]],
+                             [r["valid_rmse"] for r in rows], rtol=1e-6)
+  assert all(v == pytest.approx(2e-3) for _, v in ev["learning_rate"])
+  assert len(ev["seconds"]) == 3
+  configs = sweep.member_configs(cfg, sweep.parse_sweep("learning_rate=1e-3,3e-3"))
+  sweep.run_sweep(cfg, configs, tmp_path / "sweep", progress=_quiet,
+                  problem=build_problem(cfg, ds, split))
+  for k, lr in enumerate((1e-3, 3e-3)):  # one run per member
+    ev = _events(tmp_path / "sweep" / "tb" / f"k{k:02d}")
+    assert len(ev["train_loss"]) == 3
+    assert all(v == pytest.approx(lr) for _, v in ev["learning_rate"])
