@@ -127,11 +127,12 @@ def from_topn(r: RestoredTopN) -> Recommender:
       topn_scorer=(r.fitted["scorer"], r.fitted["ctx"]))
 
 
-def from_workdir(workdir) -> Recommender:
-  """A Recommender for any workdir (see the module docstring)."""
+def from_workdir(workdir, dataset: Optional[Dataset] = None) -> Recommender:
+  """A Recommender for any workdir (see the module docstring); pass the
+  `dataset` a run was trained on when it came from code (`data.from_frame`)."""
   if restore.is_topn(workdir):
     return from_topn(restore.load_topn(workdir))
-  return from_restored(restore.load_workdir(workdir))
+  return from_restored(restore.load_workdir(workdir, dataset=dataset))
 
 
 # ------------------------------------------------------------ prediction

@@ -150,14 +150,15 @@ def load_topn(workdir) -> RestoredTopN:
 def load_workdir(workdir, *, config: Optional[Config] = None,
                  dataset: Optional[Dataset] = None,
                  split: Optional[Split] = None) -> Restored:
-  """Everything needed to use a trained rating model. `dataset`/`split` may be
-  passed when the run was trained on a custom split."""
+  """Everything needed to use a trained rating model. Pass the `dataset` of a
+  run trained on one given in code (`data.from_frame`), and `split` for a
+  custom split."""
   workdir = pathlib.Path(workdir)
   base, members, ckroot = members_of(workdir)
   config = config or base
   require_checkpoint(ckroot)  # fail before the (slower) data loading
-  if dataset is None or split is None:
-    dataset, split = load_split(config)
+  if split is None:  # the config's split of its dataset, or of the one given
+    dataset, split = load_split(config, dataset)
   problem = build_problem(config, dataset, split)
   model, params, meta = restore_params(config, ckroot, problem, members,
                                        independent=ckroot != workdir)

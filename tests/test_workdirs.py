@@ -190,3 +190,24 @@ def test_predict_and_new_user_scripts(workdirs, tmp_path):
     lines = [x for x in p.stderr.splitlines() if x.strip()]
     assert p.returncode == 2 and len(lines) == 1 and word in lines[0], (args, p.stderr)
   assert pd.read_csv(out)["user"].tolist() == [1, 2, 99999]  # OUT untouched
+
+
+def test_from_frame_with_string_ids_trains_and_predicts_in_original_ids(tmp_path):
+  import pandas as pd
+  from recae_jax import data, train
+  ds0, _ = low_rank_ratings(n_users=120, n_items=60)
+  r = ds0.ratings
+  df = pd.DataFrame({"reviewerID": [f"A{u:05d}X" for u in r.users],
+                     "asin": [f"B{i:07d}" for i in r.items], "overall": r.ratings,
+                     "unixReviewTime": 1_400_000_000 + r.timestamps * 60})
+  ds = data.from_frame(df, user="reviewerID", item="asin", rating="overall",
+                       timestamp="unixReviewTime", name="shop")
+  cfg = make_config("autorec", split="time", time_quantile=0.9, layers=(8,), epochs=3,
+                    batch_size=16, learning_rate=1e-2)
+  m = train.train_and_evaluate(cfg, tmp_path / "run", dataset=ds, progress=lambda _: None)
+  assert np.isfinite(m["test_rmse"]) and m["dataset"] == "shop"
+  rec = recommend.from_workdir(tmp_path / "run", dataset=ds)
+  pred, fallback = rec.predict(["A00001X", "nobody"], ["B0000002", "B0000003"])
+  assert fallback.tolist() == [False, True] and np.all(np.isfinite(pred))
+  r1 = recommend.recommend(rec, "A00001X", k=3)
+  assert all(str(i).startswith("B") for i in r1.items["movie_id"])
