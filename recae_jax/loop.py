@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recae_jax import checkpoint as ckpt_lib
+from recae_jax import engine
 from recae_jax import workdir as wd
 from recae_jax.errors import Interrupted, UserError
 
@@ -91,6 +92,23 @@ def select(mask_K, new, old):
   m = jnp.asarray(mask_K)
   return jax.tree.map(
       lambda n, o: jnp.where(m.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old)
+
+
+def restore_best(checkpoint_dir: pathlib.Path, task, tx, seeds, order_seed,
+                 workdir) -> tuple[Any, dict]:
+  """(best_params stacked [K, ...], bookkeeping) of a run's newest readable
+  checkpoint, for inference; a UserError if there is none."""
+  abstract = jax.eval_shape(lambda: (lambda s: {"state": s, "best_params": s.params})(
+      engine.init_state(task, tx, seeds, order_seed)))
+  ckpts = ckpt_lib.Checkpoints(checkpoint_dir)
+  try:
+    restored = ckpts.restore_latest(abstract, fmt=CHECKPOINT_FORMAT)
+  finally:
+    ckpts.close()
+  if restored is None:
+    raise UserError(f"workdir {workdir} has no checkpoint")
+  tree, meta = restored
+  return tree["best_params"], dict(meta)
 
 
 def read_history(path: pathlib.Path, upto: int) -> list[dict]:

@@ -26,7 +26,6 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from recae_jax import checkpoint as ckpt_lib
 from recae_jax import engine, loop, optim, topn
 from recae_jax.config import Config
 from recae_jax.data.types import Dataset, Split
@@ -119,19 +118,9 @@ def restore_params(config: Config, workdir, problem: Problem,
   task = RatingTask.from_config(config, model, members)
   n_rows = max(1, int(problem.fit_data.train_rows.shape[0]))
   tx = optim.make_optimizer(config, -(-n_rows // min(config.batch_size, n_rows)))
-  abstract = jax.eval_shape(
-      lambda: (lambda s: {"state": s, "best_params": s.params})(
-          engine.init_state(task, tx, [c.seed for c in members],
-                            None if independent else config.seed)))
-  ckpts = ckpt_lib.Checkpoints(ckdir)
-  try:
-    restored = ckpts.restore_latest(abstract, fmt=loop.CHECKPOINT_FORMAT)
-  finally:
-    ckpts.close()
-  if restored is None:
-    raise UserError(f"workdir {workdir} has no checkpoint")
-  tree, meta = restored
-  return model, tree["best_params"], dict(meta)
+  params, meta = loop.restore_best(ckdir, task, tx, [c.seed for c in members],
+                                   None if independent else config.seed, workdir)
+  return model, params, meta
 
 
 def is_topn(workdir) -> bool:

@@ -40,7 +40,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recae_jax import checkpoint as ckpt_lib
 from recae_jax import engine, loop, optim, ranking
 from recae_jax import workdir as wd
 from recae_jax.batching import DenseBatcher
@@ -396,17 +395,10 @@ def restore_fitted(config: Config, protocol: Protocol, workdir,
     return {**train_popularity(config, protocol), "model": None, "params": None}
   n_rows = int(protocol.train_rows.shape[0])
   task, tx = mult_task(config, protocol, -(-n_rows // min(config.batch_size, n_rows)))
-  abstract = jax.eval_shape(lambda: (lambda s: {"state": s, "best_params": s.params})(
-      engine.init_state(task, tx, [c.seed for c in members], config.seed)))
-  ckpts = ckpt_lib.Checkpoints(workdir / "checkpoints")
-  try:
-    restored = ckpts.restore_latest(abstract, fmt=loop.CHECKPOINT_FORMAT)
-  finally:
-    ckpts.close()
-  if restored is None:
-    raise UserError(f"workdir {workdir} has no checkpoint")
+  best_params, _ = loop.restore_best(workdir / "checkpoints", task, tx,
+                                     [c.seed for c in members], config.seed, workdir)
   best = int(np.argmax(metrics.get("member_best_valid_ndcg", [0.0])))
-  params = engine.member(restored[0]["best_params"], best)
+  params = engine.member(best_params, best)
   return {"scorer": MultScorer(task.model), "model": task.model, "params": params,
           "ctx": {"params": params, "inputs": protocol.inputs}}
 
