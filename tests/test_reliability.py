@@ -275,7 +275,10 @@ def test_sigterm_and_ctrl_c_stop_at_an_epoch_then_resume_bit_for_bit(
 
 def test_second_run_on_a_workdir_in_use_is_refused(csv_path, tmp_path):
   workdir = tmp_path / "busy"
-  first = _start(csv_path, workdir, "--epochs=40")
+  # Far more epochs than the test lasts: the first run is still training when
+  # it is terminated (40 epochs finished before the second run started on an
+  # idle machine, so SIGTERM came after the training loop).
+  first = _start(csv_path, workdir, "--epochs=100000", "--checkpoint_every=100000")
   try:
     _wait_for_epoch(first, 1)
     second = _train(csv_path, workdir)
