@@ -243,13 +243,16 @@ def fit(epoch_fn, state, data, hyper, *, epochs: int, validate: Optional[Callabl
       meta["epoch"] = epoch
       dt = time.perf_counter() - t
       epoch_seconds.append(dt)
+      # Learning rates once per epoch (reading the step is a host sync), not per member.
+      lrs = (np.asarray(lr_at(int(state.step))) if tb is not None and lr_at
+             else np.full(k, np.nan))
       for i in np.flatnonzero(active):
         row = _row(epoch, m, i, vs, dt / k)
         histories[i].append(row)
         if wd.is_primary():
           wd.append_jsonl(history_paths[i], row)
         if tb is not None:
-          tb.log(i, row, float(np.asarray(lr_at(int(state.step)))[i]) if lr_at else float("nan"))
+          tb.log(i, row, float(lrs[i]))
       progress(_progress_line(epoch, epochs, m, vs, active, epoch_seconds, higher_is_better))
       active &= ~((patience > 0) & (bad >= patience))
       stop = not active.any()
