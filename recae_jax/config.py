@@ -13,9 +13,10 @@ from typing import Any, Optional
 
 from recae_jax.errors import UserError
 
-TOPN_MODELS = ("mult_vae", "mult_dae", "ease", "popularity")
+TOPN_MODELS = ("mult_vae", "mult_dae", "recvae", "cdae", "ease", "popularity")
+RATING_MODELS = ("autoencoder", "sparse_fc", "glocal_k")
 ACTIVATIONS = ("sigmoid", "relu", "selu", "elu", "tanh", "identity", "lrelu")
-OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "momentum")
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "momentum", "lbfgs")
 SCHEDULES = ("constant", "step", "cosine")
 SIDE_FEATURES = ("genre_counts", "user_attributes", "item_genres")
 
@@ -46,6 +47,12 @@ class Config:
   side_features: tuple[str, ...] = ()
   side_scaling: str = "none"       # "standardize": z-score side columns on training rows
   rating_divisor: float = 1.0      # model sees rating / divisor (S0 used 5)
+  # --- kernel models (--model=sparse_fc: kernelNet; glocal_k: GLocal-K) ---
+  kernel_dim: int = 5              # sparse_fc/glocal_k: width of the per-unit vectors u_i, v_j of each layer's kernel
+  kernel_l2: float = 0.006         # sparse_fc/glocal_k: λs, weight of ½Σ K(u_i, v_j)² (the sparsity penalty)
+  global_kernel_size: int = 3      # glocal_k: side of the global convolution kernel
+  dot_scale: float = 1.0           # glocal_k: scale of the global kernel's dot product
+  pretrain_epochs: int = 30        # glocal_k: epochs of local-kernel pre-training (selected on validation)
   # --- loss ---
   loss_denominator: str = "observed"  # "observed": Σm; "all": B x N (S3's MSELoss)
   l2: float = 0.0                  # λ/2 Σ W² over kernels
@@ -88,6 +95,10 @@ class Config:
   latent: int = 200                # Mult-VAE/DAE latent width
   anneal_cap: float = 0.2          # Mult-VAE: β's ceiling
   anneal_steps: int = 0            # Mult-VAE: steps to reach the cap; 0 = 80% of all steps
+  kl_gamma: float = 0.005          # RecVAE: a user's KL weight = kl_gamma x their clicks
+  enc_epochs: int = 3              # RecVAE: encoder passes per epoch (alternating updates)
+  dec_epochs: int = 1              # RecVAE: decoder passes per epoch
+  user_folds: int = 0              # top-N: rotate the held-out test users over K folds (every eligible user tested once); 0 = one split
   eval_every: int = 5              # top-N: validation NDCG@select_k every N epochs
   select_k: int = 100              # top-N: selection metric is validation NDCG@select_k
   ease_lambdas: tuple[float, ...] = (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)  # EASE: λ grid chosen on validation
@@ -96,6 +107,11 @@ class Config:
   ensemble: int = 1                # members trained with seeds seed..seed+K-1
   blend_uautorec: bool = False     # add a U-AutoRec component to the blend
   blend_knn: bool = False          # add the Pearson user-KNN to the blend
+
+  @property
+  def is_topn(self) -> bool:
+    """An implicit-feedback top-N model (recae_jax.topn), not a rating model."""
+    return self.model in TOPN_MODELS
 
   def validate(self) -> "Config":
     def bad(name, msg):
@@ -144,8 +160,8 @@ class Config:
         bad(name, f"must be >= 0, got {getattr(self, name)}")
     if self.fallback not in ("item_user_global", "global"):
       bad("fallback", "must be 'item_user_global' or 'global'")
-    if self.model not in ("autoencoder",) + TOPN_MODELS:
-      bad("model", f"unknown {self.model!r}; choose from autoencoder, {', '.join(TOPN_MODELS)}")
+    if self.model not in RATING_MODELS + TOPN_MODELS:
+      bad("model", f"unknown {self.model!r}; choose from {', '.join(RATING_MODELS + TOPN_MODELS)}")
     for name in ("n_test_users", "n_valid_users", "latent", "eval_every", "select_k"):
       if getattr(self, name) <= 0:
         bad(name, f"must be positive, got {getattr(self, name)}")

@@ -124,7 +124,7 @@ def restore_params(config: Config, workdir, problem: Problem,
 
 
 def is_topn(workdir) -> bool:
-  return read_config(workdir).model != "autoencoder"
+  return read_config(workdir).is_topn
 
 
 def load_topn(workdir) -> RestoredTopN:

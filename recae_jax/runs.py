@@ -20,7 +20,7 @@ def run(config: Config, workdir, *, resume: bool = False,
 
 
 def _run(config: Config, workdir, *, resume, progress, dataset) -> dict:
-  if config.model != "autoencoder":
+  if config.is_topn:
     if dataset is not None:
       return topn.run(config, workdir, resume=resume, progress=progress,
                       protocol=topn.make_protocol(config, dataset))

@@ -140,7 +140,7 @@ def _run_sweep(base, configs, workdir, *, progress, problem, labels, resume, gro
   k = len(configs)
   if k == 0:
     raise UserError("--sweep: no members")
-  if base.model != "autoencoder":  # a top-N model's sweep: the same engine, its own report
+  if base.is_topn:  # a top-N model's sweep: the same engine, its own report
     return topn.run_sweep(base, [c for c in configs],
                           workdir, progress=progress, resume=resume)
   workdir = wd.ensure_writable(workdir)
