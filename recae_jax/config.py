@@ -174,6 +174,11 @@ class Config:
       bad("ease_lambdas", f"must be positive, got {self.ease_lambdas}")
     if not self.ks or any(k <= 0 for k in self.ks):
       bad("ks", f"must be positive, got {self.ks}")
+    if self.user_folds < 0 or self.user_folds == 1:
+      bad("user_folds", f"must be 0 (one split) or >= 2 folds, got {self.user_folds}")
+    if self.user_folds and not self.is_topn:
+      bad("user_folds", f"rotates the top-N test users (--model={self.model} is a rating "
+          "model; for rating runs over ML-100K's folds use experiments/folds.py)")
     return self
 
   def to_json(self) -> dict:
@@ -239,7 +244,7 @@ TOPN_FIELDS = ("dataset", "data_dir", "columns", "threshold", "min_user_ratings"
                "n_test_users", "n_valid_users", "fold_in_fraction", "split_seed", "seed",
                "hidden", "latent", "input_dropout", "l2", "learning_rate", "batch_size",
                "epochs", "anneal_cap", "anneal_steps", "eval_every", "select_k",
-               "ease_lambdas", "ks", "eval_batch_size", "dense_budget_mb")
+               "ease_lambdas", "ks", "eval_batch_size", "dense_budget_mb", "user_folds")
 _TOPN = TOPN_DEFAULTS
 PRESETS["mult_vae"] = dict(_TOPN, model="mult_vae", hidden=(600,), latent=200, l2=0.0,
                            input_dropout=0.5, anneal_cap=0.2)

@@ -172,8 +172,12 @@ def top_k(score_fn: ScoreFn, ctx, rows: np.ndarray, k: int, *,
   return np.asarray(idx[:n]), np.asarray(vals[:n])
 
 
-@functools.partial(jax.jit, static_argnames=("score_fn", "ks"))
-def _metrics_scan(score_fn, ctx, rows_KxB, exclude, relevant, candidates_I, ks):
+PER_USER = ("ndcg", "recall")  # the per-user metrics evaluate_ranking_per_user returns
+
+
+@functools.partial(jax.jit, static_argnames=("score_fn", "ks", "per_user"))
+def _metrics_scan(score_fn, ctx, rows_KxB, exclude, relevant, candidates_I, ks,
+                  per_user=False):
   k_max = max(ks)
   n_items = candidates_I.shape[0]
 
@@ -186,19 +190,48 @@ def _metrics_scan(score_fn, ctx, rows_KxB, exclude, relevant, candidates_I, ks):
     hits_BxK = jnp.take_along_axis(rel_BxI, idx_BxK, axis=1)
     n_rel_B = jnp.sum(rel_BxI, axis=1)
     has_B = n_rel_B > 0
-    new_sums, new_cov = dict(sums), []
+    new_sums, new_cov, rows_out = dict(sums), [], {}
     for j, k in enumerate(ks):
       per = metrics_from_hits(hits_BxK, n_rel_B, k)
       for name in METRICS:
         new_sums[f"{name}@{k}"] = sums[f"{name}@{k}"] + jnp.sum(per[name])
       new_cov.append(covered_KxI[j].at[idx_BxK[:, :k]].max(
           jnp.broadcast_to(has_B[:, None], (rows_B.shape[0], k))))
-    return (new_sums, counts + jnp.sum(has_B), jnp.stack(new_cov)), None
+      if per_user:
+        rows_out.update({f"{name}@{k}": per[name] for name in PER_USER})
+    if per_user:
+      rows_out["has"] = has_B
+    return (new_sums, counts + jnp.sum(has_B), jnp.stack(new_cov)), rows_out
 
   sums0 = {f"{n}@{k}": jnp.zeros((), jnp.float32) for k in ks for n in METRICS}
   carry0 = (sums0, jnp.zeros((), jnp.int32), jnp.zeros((len(ks), n_items), bool))
-  (sums, count, covered), _ = jax.lax.scan(body, carry0, rows_KxB)
-  return sums, count, jnp.sum(covered, axis=1)
+  (sums, count, covered), rows_out = jax.lax.scan(body, carry0, rows_KxB)
+  return sums, count, jnp.sum(covered, axis=1), rows_out
+
+
+def _evaluate(score_fn, ctx, rows, relevant, exclude, candidates_I, n_items, pad_row,
+              ks, block_size, per_user):
+  ks = tuple(int(k) for k in ks)
+  cand = (np.ones(n_items, bool) if candidates_I is None
+          else np.asarray(candidates_I, bool))
+  _check_ks(ks, max(ks), int(cand.sum()))
+  sums, count, covered, rows_out = jax.device_get(_metrics_scan(
+      score_fn, ctx, _blocks(rows, block_size, pad_row), exclude, relevant,
+      jnp.asarray(cand), ks, per_user))
+  n = max(1, int(count))
+  out = {name: float(v) / n for name, v in sums.items()}
+  for j, k in enumerate(ks):
+    out[f"coverage@{k}"] = float(covered[j]) / max(1, int(cand.sum()))
+  out["n_users"] = int(count)
+  out = dict(sorted(out.items()))
+  if not per_user:
+    return out
+  m = len(rows)  # the scan's outputs are [n_blocks, B]: flatten, drop the padding
+  flat = {name: np.asarray(v).reshape(-1)[:m] for name, v in rows_out.items()}
+  has = flat.pop("has")
+  per = {"users": np.asarray(rows, np.int64)[has]}
+  per.update({name: v[has].astype(np.float64) for name, v in sorted(flat.items())})
+  return out, per
 
 
 def evaluate_ranking(score_fn: ScoreFn, ctx, rows: np.ndarray, *,
@@ -212,19 +245,22 @@ def evaluate_ranking(score_fn: ScoreFn, ctx, rows: np.ndarray, *,
   `relevant.gather(rows)` gives > 0 for each user's relevant held-out items;
   `exclude` their seen items. Metric sums stay on device; one host transfer.
   """
-  ks = tuple(int(k) for k in ks)
-  cand = (np.ones(n_items, bool) if candidates_I is None
-          else np.asarray(candidates_I, bool))
-  _check_ks(ks, max(ks), int(cand.sum()))
-  sums, count, covered = jax.device_get(_metrics_scan(
-      score_fn, ctx, _blocks(rows, block_size, pad_row), exclude, relevant,
-      jnp.asarray(cand), ks))
-  n = max(1, int(count))
-  out = {name: float(v) / n for name, v in sums.items()}
-  for j, k in enumerate(ks):
-    out[f"coverage@{k}"] = float(covered[j]) / max(1, int(cand.sum()))
-  out["n_users"] = int(count)
-  return dict(sorted(out.items()))
+  return _evaluate(score_fn, ctx, rows, relevant, exclude, candidates_I, n_items,
+                   pad_row, ks, block_size, False)
+
+
+def evaluate_ranking_per_user(score_fn: ScoreFn, ctx, rows: np.ndarray, *,
+                              relevant: sparse.RowSource,
+                              exclude: Optional[sparse.RowSource] = None,
+                              candidates_I: Optional[np.ndarray] = None, n_items: int,
+                              pad_row: int, ks: Sequence[int] = (10,),
+                              block_size: int = 256) -> tuple[dict, dict]:
+  """(`evaluate_ranking`'s averages, per-user metrics): the second is
+  {"users": [n] the evaluated users with >= 1 relevant item, in `rows`' order,
+  "ndcg@k", "recall@k": [n] float64 for each k}; their means are the averages.
+  Computed in the same compiled scan (per-user values are its outputs)."""
+  return _evaluate(score_fn, ctx, rows, relevant, exclude, candidates_I, n_items,
+                   pad_row, ks, block_size, True)
 
 
 def relevance_source(ratings: Ratings, threshold: Optional[float] = 4.0,

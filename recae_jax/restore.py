@@ -131,7 +131,15 @@ def load_topn(workdir) -> RestoredTopN:
   workdir = pathlib.Path(workdir)
   config, members, _ = members_of(workdir)
   tcfg = config
-  protocol = topn.make_protocol(tcfg)
+  fold = workdir / "fold.json"  # one fold of a --user_folds run: its test users
+  if fold.exists():
+    protocol = topn.make_protocol(tcfg, test_users=np.asarray(
+        json.loads(fold.read_text())["test_users"], np.int64))
+  elif config.user_folds:
+    raise UserError(f"workdir {workdir} is a --user_folds={config.user_folds} run: "
+                    f"open one of its folds, e.g. {workdir / 'fold_0'}")
+  else:
+    protocol = topn.make_protocol(tcfg)
   return RestoredTopN(workdir, config, protocol, topn.restore_fitted(
       tcfg, protocol, workdir, [m for m in members]))
 

@@ -1,5 +1,6 @@
 """What `experiments/train.py` runs for a config: a top-N model under the
-strong-generalization protocol (--preset=mult_vae|mult_dae|ease|popularity),
+strong-generalization protocol (--preset=mult_vae|mult_dae|ease|popularity;
+with --user_folds=K over K folds of test users, `user_folds.run_folds`),
 a blend of several runs (the `best` preset, --ensemble, --blend_*) or one
 rating-autoencoder run."""
 
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from recae_jax import blend, topn, train
+from recae_jax import blend, topn, train, user_folds
 from recae_jax import workdir as wd
 from recae_jax.config import Config
 
@@ -20,6 +21,9 @@ def run(config: Config, workdir, *, resume: bool = False,
 
 
 def _run(config: Config, workdir, *, resume, progress, dataset) -> dict:
+  if config.is_topn and config.user_folds > 0:  # every eligible user tested once
+    return user_folds.run_folds(config, workdir, resume=resume, progress=progress,
+                                dataset=dataset)
   if config.is_topn:
     if dataset is not None:
       return topn.run(config, workdir, resume=resume, progress=progress,

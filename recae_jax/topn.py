@@ -100,14 +100,25 @@ def _users_of(r: Ratings) -> np.ndarray:
   return np.unique(r.users)
 
 
-def make_protocol(config: Config, dataset: Optional[Dataset] = None) -> Protocol:
-  """Builds the split; `dataset` overrides loading `config.dataset`."""
+def make_protocol(config: Config, dataset: Optional[Dataset] = None,
+                  test_users: Optional[np.ndarray] = None) -> Protocol:
+  """Builds the split; `dataset` overrides loading `config.dataset`.
+  `test_users` (user indices; `user_folds` passes one fold) replaces the
+  seeded draw of `n_test_users` test users."""
   if dataset is None:
     dataset = movielens.load_dataset(config.dataset, config.data_dir)
-  outer = splits.make_split(dataset, "heldout_users", n_heldout_users=config.n_test_users,
-                            implicit_threshold=config.threshold,
-                            min_user_ratings=config.min_user_ratings,
-                            seed=config.split_seed)
+  if test_users is None:
+    outer = splits.make_split(dataset, "heldout_users", n_heldout_users=config.n_test_users,
+                              implicit_threshold=config.threshold,
+                              min_user_ratings=config.min_user_ratings,
+                              seed=config.split_seed)
+  else:  # the same filters as make_split's, then these users held out
+    clicks = splits.apply_filters(dataset.ratings, implicit_threshold=config.threshold,
+                                  min_user_ratings=config.min_user_ratings)
+    is_test = np.zeros(clicks.n_users, bool)
+    is_test[np.asarray(test_users, np.int64)] = True
+    outer = Split(train=clicks.subset(~is_test[clicks.users]),
+                  test=clicks.subset(is_test[clicks.users]), name="heldout_users")
   # Validation users come out of the training users only (test untouched).
   inner = splits.make_split(dataclasses.replace(dataset, ratings=outer.train),
                             "heldout_users", n_heldout_users=config.n_valid_users,
@@ -131,12 +142,36 @@ def make_protocol(config: Config, dataset: Optional[Dataset] = None) -> Protocol
 
 
 def evaluate_users(score_fn, ctx, protocol: Protocol, users: np.ndarray,
-                   ks=(20, 50, 100), block_size: int = 256) -> dict:
-  """Ranking metrics for held-out `users`: fold-in items excluded."""
-  return ranking.evaluate_ranking(
-      score_fn, ctx, users, relevant=protocol.relevant, exclude=protocol.inputs,
-      candidates_I=protocol.candidates_I, n_items=protocol.n_items,
-      pad_row=protocol.n_users, ks=tuple(ks), block_size=block_size)
+                   ks=(20, 50, 100), block_size: int = 256, per_user: bool = False):
+  """Ranking metrics for held-out `users`: fold-in items excluded; with
+  `per_user`, (metrics, per-user metrics) as `ranking.evaluate_ranking_per_user`."""
+  fn = ranking.evaluate_ranking_per_user if per_user else ranking.evaluate_ranking
+  return fn(score_fn, ctx, users, relevant=protocol.relevant, exclude=protocol.inputs,
+            candidates_I=protocol.candidates_I, n_items=protocol.n_items,
+            pad_row=protocol.n_users, ks=tuple(ks), block_size=block_size)
+
+
+PER_USER_FILE = "test_per_user.npz"
+
+
+def test_set_key(protocol: Protocol) -> str:
+  """A fingerprint of the test set (dataset, test users' fold-in and predict
+  clicks): runs with equal keys were evaluated on the same test set."""
+  import hashlib
+  h = hashlib.sha256(f"topn:{protocol.dataset.name}:{protocol.n_items}".encode())
+  for r in (protocol.test_in, protocol.test_out):
+    order = np.lexsort((r.items, r.users))
+    h.update(np.ascontiguousarray(r.users[order], np.int64).tobytes())
+    h.update(np.ascontiguousarray(r.items[order], np.int64).tobytes())
+  return h.hexdigest()
+
+
+def save_per_user(path: pathlib.Path, protocol: Protocol, per: dict) -> None:
+  """workdir/test_per_user.npz: the test users (indices and dataset ids), their
+  NDCG@k / Recall@k, and `test_key` (for `recae_jax.compare`)."""
+  users = per["users"]
+  wd.save_npz(path / PER_USER_FILE, user_ids=np.asarray(protocol.dataset.user_ids)[users],
+              test_key=np.array(test_set_key(protocol)), **per)
 
 
 # ------------------------------------------------------------- Mult-VAE / DAE
@@ -237,8 +272,9 @@ def run_sweep(base: Config, members: Sequence[Config], workdir, *,
                       members=members, member_dirs=dirs)["members"]
   results = []
   for cfg, d, out in zip(members, dirs, fitted):
-    test = evaluate_users(out["scorer"], out["ctx"], protocol, protocol.test_users,
-                          ks=base.ks, block_size=base.eval_batch_size)
+    test, per = evaluate_users(out["scorer"], out["ctx"], protocol, protocol.test_users,
+                               ks=base.ks, block_size=base.eval_batch_size, per_user=True)
+    save_per_user(d, protocol, per)
     res = {"model": base.model, "dataset": protocol.dataset.name, "test": test,
            "best_epoch": out["best_epoch"], "best_valid_ndcg": out["best_valid_ndcg"],
            "train_seconds": out["train_seconds"], **protocol.summary(),
@@ -338,6 +374,9 @@ def run(config: Config, workdir=None, *, protocol: Optional[Protocol] = None,
   """
   config = config.validate()
   if protocol is None:
+    if config.user_folds:
+      raise UserError(f"--user_folds={config.user_folds}: run the folds with "
+                      "recae_jax.user_folds.run_folds (experiments/train.py does)")
     protocol = make_protocol(config)
   path = None if workdir is None else wd.ensure_writable(workdir)
   if config.model in ("mult_vae", "mult_dae"):  # checkpoints + history via the loop
@@ -346,8 +385,9 @@ def run(config: Config, workdir=None, *, protocol: Optional[Protocol] = None,
     fit = {"ease": train_ease, "popularity": train_popularity}[config.model]
     out = fit(config, protocol, progress)
   t = time.perf_counter()
-  test = evaluate_users(out["scorer"], out["ctx"], protocol, protocol.test_users,
-                        ks=config.ks, block_size=config.eval_batch_size)
+  test, test_per_user = evaluate_users(out["scorer"], out["ctx"], protocol,
+                                       protocol.test_users, ks=config.ks,
+                                       block_size=config.eval_batch_size, per_user=True)
   valid = evaluate_users(out["scorer"], out["ctx"], protocol, protocol.valid_users,
                          ks=config.ks, block_size=config.eval_batch_size)
   results = {"model": config.model, "dataset": protocol.dataset.name,
@@ -363,6 +403,7 @@ def run(config: Config, workdir=None, *, protocol: Optional[Protocol] = None,
     wd.write_json(path / "config.json", config.to_json())
     if "params" not in out:  # the loop wrote the Mult-VAE/DAE history itself
       loop.write_history(path / "metrics.jsonl", out["history"])
+    save_per_user(path, protocol, test_per_user)
     wd.write_json(path / "metrics.json", results)
   results["_fitted"] = out  # in-memory only (params, scorer) for callers
   return results

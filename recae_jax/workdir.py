@@ -90,6 +90,15 @@ def save_npy(path: str | os.PathLike, array) -> None:
     np.save(tmp, np.asarray(array))
 
 
+def save_npz(path: str | os.PathLike, **arrays) -> None:
+  """np.savez, atomically; process 0 only."""
+  if not is_primary():
+    return
+  import numpy as np
+  with atomic_path(path, ".npz") as tmp:
+    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
   """Writes JSON atomically; process 0 only."""
   if not is_primary():
