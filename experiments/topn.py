@@ -12,7 +12,9 @@ validation users' NDCG@100, never on test. Prints a table of test NDCG@100,
 Recall@20, Recall@50 (recall denominator min(k, #relevant)) and, with
 --json, everything as JSON. --autoencoders adds rating autoencoder presets
 (trained on star ratings of the training users plus the held-out users'
-fold-in items) ranked by predicted rating.
+fold-in items) ranked by predicted rating. --user_folds=K (with --workdir)
+runs each model over K folds of test users (every eligible user tested once,
+WORKDIR/MODEL/fold_f) and prints the means with 95% CIs over all users.
 """
 
 import json
@@ -20,7 +22,7 @@ import typing
 
 from absl import app, flags
 
-from recae_jax import recommend, topn
+from recae_jax import recommend, topn, user_folds
 from recae_jax.config import TOPN_DEFAULTS, TOPN_FIELDS, Config, make_config
 from recae_jax.errors import UserError, run_main
 
@@ -64,6 +66,8 @@ def main(argv):
   if ae_configs and not FLAGS.workdir:
     raise UserError("--autoencoders needs --workdir (they checkpoint like any run)")
   base = configs[0] if configs else topn.make_topn_config(None, **over)
+  if base.user_folds:
+    return _user_folds(configs, ae_configs)
   protocol = topn.make_protocol(base)
   if not FLAGS.json:
     print(f"# {protocol.dataset.name}: {json.dumps(protocol.summary())}")
@@ -88,6 +92,29 @@ def main(argv):
     sel = (f"λ={r['best_lambda']:g}" if "best_lambda" in r else
            f"epoch {r['best_epoch']}" if r.get("best_epoch") else "-")
     print(f"{name:12s} {t['ndcg@100']:9.4f} {t['recall@20']:9.4f} {t['recall@50']:9.4f}  {sel}")
+
+
+def _user_folds(configs, ae_configs):
+  """--user_folds=K: each model over the K folds of test users, WORKDIR/MODEL."""
+  if ae_configs:
+    raise UserError("--user_folds: --autoencoders run on one split only; drop one of them")
+  if not FLAGS.workdir:
+    raise UserError("--user_folds needs --workdir (each fold is a workdir)")
+  quiet = (lambda s: None) if FLAGS.json else print
+  results = {cfg.model: user_folds.run_folds(cfg, f"{FLAGS.workdir}/{cfg.model}",
+                                             progress=quiet) for cfg in configs}
+  if FLAGS.json:
+    print(json.dumps(results, indent=2, sort_keys=True))
+    return
+  print(f"{'model':12s} " + "  ".join(f"{k:>24s}" for k in _HEADLINE) + "   (95% CI over users)")
+  for name, r in results.items():
+    cells = [f"{r[k]:.4f} [{r[k + '_ci95'][0]:.4f}, {r[k + '_ci95'][1]:.4f}]"
+             for k in _HEADLINE]
+    print(f"{name:12s} " + "  ".join(f"{c:>24s}" for c in cells) +
+          f"   {r['n_users']} users, {r['user_folds']} folds")
+
+
+_HEADLINE = ("test_ndcg@100", "test_recall@20", "test_recall@50")
 
 
 if __name__ == "__main__":
