@@ -72,7 +72,7 @@ class Recommender:
   n_train_U: np.ndarray    # training ratings per user
   n_train_I: np.ndarray    # training ratings per item
   mean_I: np.ndarray       # training mean rating per item (cold-start display)
-  kind: str = "autoencoder"  # or a top-N model: mult_vae, mult_dae, ease, popularity
+  kind: str = "autoencoder"  # or a top-N model: mult_vae, mult_dae, recvae, cdae, ease, popularity
   topn_scorer: Any = None  # top-N: (score_fn, ctx) of recae_jax.topn
   _table_UxI: Optional[jax.Array] = None
 
@@ -344,12 +344,16 @@ def _last_decoder_kernel(rec: Recommender) -> np.ndarray:
 
 
 def _topn_embeddings(rec: Recommender, kind: str) -> np.ndarray:
-  """Top-N models: Mult-VAE/DAE items = output-layer columns, users = latent
-  codes; EASE items = columns of B (zero for non-candidates)."""
-  if rec.kind in ("mult_vae", "mult_dae"):
+  """Top-N models: Mult-VAE/DAE, RecVAE, CDAE items = output-layer columns,
+  users = latent codes (CDAE's with the user's vector); EASE items = columns
+  of B (zero for non-candidates)."""
+  if rec.kind in ("mult_vae", "mult_dae", "recvae", "cdae"):
+    mult = rec.kind in ("mult_vae", "mult_dae")
     if kind == "item":
-      return np.asarray(rec.params["dec_out"]["kernel"]).T.copy()
-    fn = jax.jit(lambda p, rows: rec.model.encode(p, rec.seen_rows.gather(rows)[0]))
+      return (np.asarray(rec.params["dec_out"]["kernel"]).T.copy() if mult
+              else np.asarray(rec.model.item_embeddings(rec.params)).copy())
+    fn = jax.jit(lambda p, rows: rec.model.encode(
+        p, rec.seen_rows.gather(rows)[0], *(() if mult else (rows,))))
     users = np.arange(rec.n_users, dtype=np.int32)
     blocks = np.asarray(ranking._blocks(users, 512, rec.n_users))
     return np.concatenate([np.asarray(fn(rec.params, jnp.asarray(b))) for b in blocks]

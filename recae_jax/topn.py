@@ -8,6 +8,9 @@ Models (`Config.model`, presets of the same names in `config.PRESETS`):
   log-likelihood −Σ_i x_i log softmax(logits)_i + β KL(q(z|x) || N(0, I)),
   β annealed linearly from 0 to `anneal_cap` (reached at `anneal_steps`).
 - "mult_dae": the same without the variational layer (I → 200 → I, tanh).
+- "recvae": RecVAE (Shenbin et al. 2020), "cdae": CDAE (Wu et al. 2016);
+  see `recae_jax.topn_models` (RecVAE has its own one-jit epoch function
+  for its alternating encoder / decoder passes).
 - "ease": EASE (Steck 2019), closed form P = (XᵀX + λI)⁻¹,
   B = I − P · diagMat(1/diag(P)) (so diag(B) = 0); scores = x B.
 - "popularity": items ranked by how many training users clicked them.
@@ -23,7 +26,7 @@ Epochs (VAE/DAE) and λ (EASE) are chosen by validation NDCG@`select_k`
 (100) — never on
 test — and the test metrics are reported for that choice.
 
-Mult-VAE/DAE train on the project's one engine (`tasks.MultinomialTask`,
+Mult-VAE/DAE, RecVAE and CDAE (`TRAINED`) train on the project's one engine (`tasks.MultinomialTask`,
 `engine.make_epoch`, `loop.fit`: checkpoints and --resume included).
 """
 
@@ -40,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recae_jax import engine, loop, optim, ranking
+from recae_jax import engine, loop, optim, ranking, topn_models
 from recae_jax import workdir as wd
 from recae_jax.batching import DenseBatcher
 from recae_jax.config import TOPN_DEFAULTS, TOPN_MODELS, Config, make_config
@@ -52,6 +55,7 @@ from recae_jax.problem import RowData
 from recae_jax.tasks import Hyper, MultinomialTask
 
 MODELS = TOPN_MODELS
+TRAINED = ("mult_vae", "mult_dae", "recvae", "cdae")  # epochs on the engine + loop
 
 
 def make_topn_config(preset: Optional[str] = None, **overrides) -> Config:
@@ -196,11 +200,27 @@ class MultScorer:
     return self.model.apply(ctx["params"], x_BxI)[0]
 
 
+def scorer_of(model):
+  return MultScorer(model) if isinstance(model, MultVAE) else topn_models.RowScorer(model)
+
+
+def epoch_of(config: Config, task, tx, batch_size: int):
+  """(batcher, the jitted epoch) of a TRAINED model."""
+  if config.model == "recvae":
+    batcher = DenseBatcher(batch_size)
+    return batcher, topn_models.make_recvae_epoch(task, tx, batcher)
+  if config.model == "cdae":
+    batcher = topn_models.UserRowBatcher(batch_size)
+    return batcher, engine.make_epoch(task, tx, batcher, summarize=topn_models.cdae_metrics)
+  batcher = DenseBatcher(batch_size)
+  return batcher, engine.make_epoch(task, tx, batcher, summarize=multinomial_metrics)
+
+
 def train_mult(config: Config, protocol: Protocol,
                progress: Callable[[str], None] = print, workdir=None,
                resume: bool = False, members: Sequence[Config] = (),
                member_dirs: Sequence[pathlib.Path] = ()) -> dict:
-  """Trains Mult-VAE/DAE on the engine; the epoch is selected by validation
+  """Trains Mult-VAE/DAE, RecVAE or CDAE on the engine; the epoch is selected by validation
   NDCG@select_k. `members` (a sweep: configs differing in seed, learning
   rate, l2, input dropout) train as the engine's members in one compiled
   epoch, their histories in `member_dirs`. Returns {"params", "model",
@@ -213,10 +233,9 @@ def train_mult(config: Config, protocol: Protocol,
   task = dataclasses.replace(task, use_l2=any(c.l2 > 0 for c in members))
   model = task.model
   rows = RowData(protocol.inputs, None, protocol.train_rows)
-  batcher = DenseBatcher(batch_size)
-  epoch_fn = engine.make_epoch(task, tx, batcher, summarize=multinomial_metrics)
+  batcher, epoch_fn = epoch_of(config, task, tx, batch_size)
   state = engine.init_state(task, tx, [c.seed for c in members], config.seed)
-  scorer = MultScorer(model)
+  scorer = scorer_of(model)
   sel = f"ndcg@{config.select_k}"
 
   def ndcg(params):
@@ -259,9 +278,9 @@ def run_sweep(base: Config, members: Sequence[Config], workdir, *,
   """A Mult-VAE/DAE sweep: every member in one engine; workdir/members/kXX
   hold each member's config.json, metrics.jsonl and metrics.json (the same
   keys as a lone top-N run), workdir/metrics.json the summary."""
-  if base.model not in ("mult_vae", "mult_dae"):
+  if base.model not in TRAINED:
     raise UserError(f"--sweep: {base.model} has no epochs to train; sweeps need "
-                    "--preset=mult_vae or mult_dae (EASE selects its λ itself)")
+                    f"--preset={', '.join(TRAINED)} (EASE selects its λ itself)")
   workdir = wd.ensure_writable(workdir)
   wd.write_json(workdir / "config.json", {"base": base.to_json(),
                                           "members": [c.to_json() for c in members]})
@@ -379,7 +398,7 @@ def run(config: Config, workdir=None, *, protocol: Optional[Protocol] = None,
                       "recae_jax.user_folds.run_folds (experiments/train.py does)")
     protocol = make_protocol(config)
   path = None if workdir is None else wd.ensure_writable(workdir)
-  if config.model in ("mult_vae", "mult_dae"):  # checkpoints + history via the loop
+  if config.model in TRAINED:  # checkpoints + history via the loop
     out = train_mult(config, protocol, progress, workdir=path, resume=resume)
   else:
     fit = {"ease": train_ease, "popularity": train_popularity}[config.model]
@@ -410,11 +429,23 @@ def run(config: Config, workdir=None, *, protocol: Optional[Protocol] = None,
 
 
 def mult_task(config: Config, protocol: Protocol, steps_per_epoch: int):
-  """(task, optimizer) of a Mult-VAE/DAE run on this protocol."""
+  """(task, optimizer) of a Mult-VAE/DAE, RecVAE or CDAE run on this protocol."""
+  adam = optim.make_optimizer(make_config(optimizer="adam"), steps_per_epoch)
+  if config.model == "recvae":
+    if len(config.hidden) != 1:
+      raise UserError(f"--hidden: recvae takes one width (of its 5 dense layers), got "
+                      f"{','.join(map(str, config.hidden)) or 'none'}")
+    model = topn_models.RecVAE(protocol.n_items, config.hidden[0], config.latent)
+    return (topn_models.RecVAETask(model, config.kl_gamma, config.enc_epochs,
+                                   config.dec_epochs, use_l2=config.l2 > 0),
+            topn_models.alternating_tx(adam))
+  if config.model == "cdae":
+    model = topn_models.CDAE(protocol.n_items, protocol.n_users, config.latent)
+    return topn_models.CDAETask(model, use_l2=config.l2 > 0), adam
   model = build_mult_model(config, protocol.n_items)
   anneal = config.anneal_steps or max(1, int(0.8 * config.epochs * steps_per_epoch))
   task = MultinomialTask(model, config.anneal_cap, anneal, use_l2=config.l2 > 0)
-  return task, optim.make_optimizer(make_config(optimizer="adam"), steps_per_epoch)
+  return task, adam
 
 
 def restore_fitted(config: Config, protocol: Protocol, workdir,
@@ -440,7 +471,7 @@ def restore_fitted(config: Config, protocol: Protocol, workdir,
                                      [c.seed for c in members], config.seed, workdir)
   best = int(np.argmax(metrics.get("member_best_valid_ndcg", [0.0])))
   params = engine.member(best_params, best)
-  return {"scorer": MultScorer(task.model), "model": task.model, "params": params,
+  return {"scorer": scorer_of(task.model), "model": task.model, "params": params,
           "ctx": {"params": params, "inputs": protocol.inputs}}
 
 
