@@ -46,6 +46,7 @@ class DenseBatch:
   m_BxN: jax.Array               # bool
   side_BxS: Optional[jax.Array]
   w_B: jax.Array                 # 1 real row, 0 padding
+  nbr_BxGxN: Optional[jax.Array] = None  # neighbouring rows (GLocal-K), raw ratings
 
 
 @flax.struct.dataclass
@@ -86,7 +87,8 @@ class DenseBatcher:
     rows_B = sharding.constrain_batch(self.mesh, rows_B)
     v, m, side = jax.tree.map(functools.partial(sharding.constrain_batch, self.mesh),
                               data.batch(rows_B))
-    return DenseBatch(v, m, side, (rows_B < data.n_rows).astype(jnp.float32))
+    return DenseBatch(v, m, side, (rows_B < data.n_rows).astype(jnp.float32),
+                      data.neighbour_rows(rows_B))
 
 
 # ------------------------------------------------------------------- sparse

@@ -99,7 +99,8 @@ def make_run(config: Config, rows: RowData, n_cols: int, batch_size: int,
   or its `members` on `rows`, without the host loop."""
   cs = tuple(members) or (config,)
   n_train = int(rows.train_rows.shape[0])
-  task = RatingTask.from_config(config, build_model(config, n_cols, members=cs), cs)
+  task = RatingTask.from_config(config, build_model(config, n_cols, members=cs,
+                                                             n_rows=rows.n_rows), cs)
   tx = optim.make_optimizer(config, -(-n_train // batch_size))
   batcher = batcher_for(compute, config, batch_size, mesh)
   return Run(task, tx, batcher, batcher.data(rows),

@@ -52,9 +52,9 @@ class Config:
   kernel_l2: float = 0.006         # sparse_fc/glocal_k: λs, weight of ½Σ K(u_i, v_j)² (the sparsity penalty)
   global_kernel_size: int = 3      # glocal_k: side of the global convolution kernel
   dot_scale: float = 1.0           # glocal_k: scale of the global kernel's dot product
-  pretrain_epochs: int = 30        # glocal_k: epochs of local-kernel pre-training (selected on validation)
+  pretrain_epochs: int = 150       # glocal_k: epochs of local-kernel (sparse_fc) pre-training, selected on validation
   # --- loss ---
-  loss_denominator: str = "observed"  # "observed": Σm; "all": B x N (S3's MSELoss)
+  loss_denominator: str = "observed"  # "observed": Σm; "all": B x N (S3's MSELoss); "sum": ½Σ (kernelNet's L-BFGS objective)
   l2: float = 0.0                  # λ/2 Σ W² over kernels
   # --- optimizer ---
   optimizer: str = "adam"
@@ -127,6 +127,42 @@ class Config:
       bad("optimizer", f"unknown {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     if self.schedule not in SCHEDULES:
       bad("schedule", f"unknown {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+    if self.optimizer == "lbfgs":
+      if self.learning_rate != 1.0:
+        bad("learning_rate", "L-BFGS takes its step by line search: use "
+            f"--learning_rate=1 with --optimizer=lbfgs (got {self.learning_rate})")
+      for name in ("grad_clip", "weight_decay", "dense_refeeding"):
+        if getattr(self, name):
+          bad(name, "does not combine with --optimizer=lbfgs (the line search "
+              "needs the plain objective); use --l2 for regularisation")
+      if self.accumulate_gradients or self.schedule != "constant":
+        bad("optimizer", "lbfgs takes neither --accumulate_gradients nor a --schedule")
+    if self.model in ("sparse_fc", "glocal_k"):
+      if self.tied:
+        bad("tied", f"--model={self.model} has no mirrored decoder to tie")
+      if self.kernel_dim <= 0:
+        bad("kernel_dim", f"must be positive, got {self.kernel_dim}")
+      if self.model == "glocal_k":
+        if self.global_kernel_size <= 0 or self.global_kernel_size % 2 == 0:
+          bad("global_kernel_size", f"must be a positive odd number, got "
+              f"{self.global_kernel_size}")
+        if self.refit:
+          bad("refit", "--model=glocal_k is pre-trained then fine-tuned on the fit "
+              "split; it has no refit (drop --refit)")
+        if self.side_features:
+          bad("side_features", "--model=glocal_k convolves the rating rows only")
+    else:  # options of the kernel models on any other model are a mistake
+      defaults = Config()
+      for name in ("kernel_dim", "kernel_l2", "global_kernel_size", "dot_scale",
+                   "pretrain_epochs"):
+        if getattr(self, name) != getattr(defaults, name):
+          bad(name, f"applies to --model=sparse_fc or glocal_k only (this run's "
+              f"model is {self.model})")
+    if self.model == "sparse_fc":
+      defaults = Config()
+      for name in ("global_kernel_size", "dot_scale", "pretrain_epochs"):
+        if getattr(self, name) != getattr(defaults, name):
+          bad(name, "applies to --model=glocal_k only (sparse_fc has no global kernel)")
     if self.schedule == "step" and self.decay_epochs <= 0:
       bad("decay_epochs", "must be > 0 with --schedule=step")
     for f in self.side_features:
@@ -140,8 +176,8 @@ class Config:
       bad("sparse_batching", "must be 'stratified' or 'uniform'")
     if self.side_scaling not in ("none", "standardize"):
       bad("side_scaling", "must be 'none' or 'standardize'")
-    if self.loss_denominator not in ("observed", "all"):
-      bad("loss_denominator", "must be 'observed' or 'all'")
+    if self.loss_denominator not in ("observed", "all", "sum"):
+      bad("loss_denominator", "must be 'observed', 'all' or 'sum'")
     for name in ("batch_size", "epochs", "checkpoint_every", "eval_batch_size",
                  "ensemble", "dense_budget_mb", "model_parallel"):
       if getattr(self, name) <= 0:
@@ -273,6 +309,20 @@ PRESETS["cdae"] = dict(_TOPN, model="cdae", hidden=(), latent=200, l2=1e-5,
                        learning_rate=3e-3, input_dropout=0.5)
 PRESETS["ease"] = dict(_TOPN, model="ease", input_dropout=0.0)
 PRESETS["popularity"] = dict(_TOPN, model="popularity", input_dropout=0.0)
+# kernelNet (Muller et al. 2018) as GLocal-K's code runs it on ML-100K: two
+# 500-wide kernel layers and a kernel output layer (N→500→500→N), items as
+# rows, full-batch L-BFGS on ½ Σ (r − ŷ)² + λ2·½ΣW² + λs·½ΣK²; an epoch is
+# one L-BFGS iteration (the papers' 5 per "epoch" x 30 epochs = 150).
+PRESETS["sparse_fc"] = dict(model="sparse_fc", orientation="item", layers=(500, 500),
+                            activation="sigmoid", output_activation="identity",
+                            kernel_dim=5, kernel_l2=0.006, l2=20.0,
+                            loss_denominator="sum", optimizer="lbfgs",
+                            learning_rate=1.0, batch_size=1 << 20, epochs=150,
+                            patience=50, checkpoint_every=25)
+# GLocal-K (Han et al. 2021): sparse_fc pre-trained for 150 iterations, then
+# fine-tuned with the 3x3 global convolution for 300 (their 60 x 5).
+PRESETS["glocal_k"] = dict(PRESETS["sparse_fc"], model="glocal_k", pretrain_epochs=150,
+                           epochs=300, global_kernel_size=3, dot_scale=1.0)
 # The project's most accurate rating model (see README "What helped").
 PRESETS["best"] = dict(PRESETS["autorec"], ensemble=5, refit=True, blend_uautorec=True,
                        blend_knn=True)

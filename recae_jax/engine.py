@@ -78,16 +78,19 @@ def stack(trees: Sequence):
 
 
 def init_state(task, tx, seeds: Sequence[int],
-               order_seed: Optional[int] = None) -> TrainState:
+               order_seed: Optional[int] = None, start=None) -> TrainState:
   """Member k starts exactly where a lone run with seed seeds[k] would. With
   `order_seed` every member sees one shared batch order (a sweep); with None
   each member draws its own from its seed (a seed ensemble: then member k is
-  exactly the lone run with seed seeds[k])."""
+  exactly the lone run with seed seeds[k]). `start` (stacked [K, ...], any
+  subset of the parameters) replaces those initial values (a second stage)."""
   params, opt_states, rngs = [], [], []
   init = jax.jit(task.init)
-  for seed in seeds:
+  for k, seed in enumerate(seeds):
     init_rng, rng = jax.random.split(jax.random.PRNGKey(int(seed)))
     p = init(init_rng)
+    if start is not None:
+      p = {**p, **member(start, k)}
     params.append(p)
     opt_states.append(tx.init(p))
     rngs.append(rng)
@@ -124,7 +127,11 @@ def make_member_update(task, tx, batcher):
   def update(params, opt_state, rng_key, hyper, data, rows_B, step):
     rng = jax.random.fold_in(rng_key, step)
     batch, ((loss, aux), grads) = grads_of(params, data, rows_B, hyper, rng, step)
-    upd, opt_state = tx.update(grads, opt_state, params)
+    # L-BFGS's line search re-evaluates the batch's loss; other optimizers
+    # ignore these arguments (optax.chain drops them).
+    line_search = {} if sparse_mesh else dict(
+        value=loss, grad=grads, value_fn=lambda p: task.loss(p, batch, hyper, rng, step)[0])
+    upd, opt_state = tx.update(grads, opt_state, params, **line_search)
     params = optax.apply_updates(params, _scaled(upd, hyper.learning_rate))
     for k in range(task.dense_refeeding):
       again = task.refeed(params, batch)
@@ -275,9 +282,8 @@ def make_evaluate(task, compute: str, rating_scale: tuple[float, float], mesh=No
     def block(_, xs):
       rows_B, local_P, cols_P = xs
       rows_B = sharding.constrain_batch(mesh, rows_B)
-      v, m, side = jax.tree.map(functools.partial(sharding.constrain_batch, mesh),
-                                data.batch(rows_B))
-      inputs = DenseInput(v, m, side)
+      inputs = jax.tree.map(functools.partial(sharding.constrain_batch, mesh),
+                            data.inputs(rows_B))
       return None, over_members(lambda p: task.predict_at(p, inputs, (local_P, cols_P)),
                                 params_K)
 

@@ -6,6 +6,20 @@
 AutoRec is `layers=(500,)` (N→500→N); DeepRecommender and S1 are
 `(512, 512, 1024)` (N→512→512→1024→512→512→N); S3 is `(20, 10)`.
 
+Kernel models (`mirror=False`: the layers are the hidden layers, then one
+output layer, N→500→500→N for `layers=(500, 500)`):
+  kernelNet / sparse_fc (Muller et al. 2018): every weight matrix is used as
+    W ⊙ K(U, V), K_ij = max(0, 1 − ‖u_i − v_j‖²) from learned vectors u_i
+    (one per input unit) and v_j (one per output unit): finite support, so
+    most effective weights are exactly 0; `kernel_penalty` = ½ Σ K².
+  GLocal-K (Han et al. 2021): the rating rows are first convolved with a
+    g x g "global" kernel, relu(conv2d(R, G)), G = reshape(m_R · C) · s from
+    the per-row means m_R of the pre-trained kernelNet's reconstruction
+    (fixed, `gconv_rowmean`) and a trainable C [R, g²] (`gconv_kernel`).
+    The convolution runs over the whole matrix, so a batch row r needs rows
+    r−h..r+h (h = g // 2): they come as `DenseInput.nbr_BxGxN`, which makes
+    minibatches and row blocks give exactly the full-matrix convolution.
+
 `AutoEncoder.apply` is the ONLY forward pass of the rating autoencoders. Its
 input comes in one of two forms and its output in one of two:
 
@@ -50,6 +64,7 @@ class DenseInput:
   x_BxN: jax.Array                 # scaled ratings, 0 = missing
   m_BxN: jax.Array                 # bool: observed
   side_BxS: Optional[jax.Array] = None
+  nbr_BxGxN: Optional[jax.Array] = None  # rows r-h..r+h of each row r (GLocal-K)
 
 
 @flax.struct.dataclass
@@ -90,13 +105,24 @@ class AutoEncoder:
   input_dropout: bool = False
   input_noise: bool = False
   dropout: bool = False
+  mirror: bool = True              # decoder mirrors layers[:-1]; False: one output layer
+  kernel_dim: int = 0              # > 0: kernelNet layers with u, v of this width
+  global_kernel: int = 0           # > 0: GLocal-K's g x g convolution of the input
+  dot_scale: float = 1.0
+  n_rows: int = 0                  # rows of the matrix (GLocal-K's C is [n_rows, g²])
 
   @property
   def n_inputs(self) -> int:
     return self.n_outputs + self.n_side
 
   def _decoder_widths(self) -> list[int]:
+    if not self.mirror:
+      return [self.n_outputs]
     return list(reversed(self.layers[:-1])) + [self.n_outputs]
+
+  @property
+  def _last(self) -> int:  # index of the output layer dec_{last}
+    return len(self._decoder_widths()) - 1
 
   def init(self, rng: jax.Array) -> dict:
     """Xavier-uniform kernels, zero biases."""
@@ -107,13 +133,52 @@ class AutoEncoder:
     for i, w in enumerate(self._decoder_widths()):
       shapes[f"dec_{i}"] = (d, w)
       d = w
-    keys = jax.random.split(rng, len(shapes))
+    keys = jax.random.split(rng, len(shapes) + 1)
     params = {}
     for key, (name, shape) in zip(keys, shapes.items()):
+      k_w, k_u, k_v = jax.random.split(key, 3)
       if not (self.tied and name.startswith("dec_")):
-        params[f"{name}_kernel"] = _xavier(key, shape, jnp.float32)
+        params[f"{name}_kernel"] = _xavier(k_w if self.kernel_dim else key, shape,
+                                           jnp.float32)
       params[f"{name}_bias"] = jnp.zeros(shape[1:], jnp.float32)
+      if self.kernel_dim:  # kernelNet's init: u, v ~ N(0, 1e-3²), truncated
+        for k, n, tag in ((k_u, shape[0], "u"), (k_v, shape[1], "v")):
+          params[f"{name}_{tag}"] = 1e-3 * jax.random.truncated_normal(
+              k, -2.0, 2.0, (n, self.kernel_dim), jnp.float32)
+    if self.global_kernel:
+      g2 = self.global_kernel ** 2
+      params["gconv_kernel"] = 0.1 * jax.random.truncated_normal(
+          keys[-1], -2.0, 2.0, (self.n_rows, g2), jnp.float32)
+      params["gconv_rowmean"] = jnp.zeros((self.n_rows,), jnp.float32)
     return params
+
+  def _weight(self, params, name: str) -> jax.Array:
+    """Layer `name`'s weight matrix as used: W, or W ⊙ K(U, V) (kernelNet)."""
+    w = params[f"{name}_kernel"]
+    if not self.kernel_dim:
+      return w
+    return w * self._kernel_values(params, name)
+
+  def _kernel_values(self, params, name: str) -> jax.Array:
+    u, v = params[f"{name}_u"], params[f"{name}_v"]
+    d2 = (jnp.sum(u * u, 1)[:, None] + jnp.sum(v * v, 1)[None, :] - 2.0 * u @ v.T)
+    return jnp.maximum(0.0, 1.0 - d2)
+
+  def kernel_penalty(self, params) -> jax.Array:
+    """½ Σ K(U, V)² over every layer (kernelNet's sparsity regulariser)."""
+    names = [k[:-2] for k in params if k.endswith("_u")]
+    return 0.5 * sum(jnp.sum(jnp.square(self._kernel_values(params, n))) for n in names)
+
+  def global_conv(self, params, nbr_BxGxN) -> jax.Array:
+    """relu(conv2d(R, G)) at the batch's rows: out[b, c] = Σ_ab G[a, b] ·
+    R[r_b + a − h, c + b − h], zero outside the matrix (TF's SAME padding)."""
+    g, h = self.global_kernel, self.global_kernel // 2
+    mean_R = jax.lax.stop_gradient(params["gconv_rowmean"])  # fixed after pre-training
+    gk = (mean_R @ params["gconv_kernel"] * self.dot_scale).reshape(g, g)
+    n = nbr_BxGxN.shape[-1]
+    padded = jnp.pad(nbr_BxGxN, ((0, 0), (0, 0), (h, h)))
+    out = sum(gk[a, b] * padded[:, a, b:b + n] for a in range(g) for b in range(g))
+    return jax.nn.relu(out)
 
   def _dense(self, h, kernel, bias):  # low-precision matmul, float32 accumulate
     dt = jnp.dtype(self.compute_dtype)
@@ -122,7 +187,7 @@ class AutoEncoder:
 
   def _decoder_kernel(self, params, i: int):
     if not self.tied:
-      return params[f"dec_{i}_kernel"]
+      return self._weight(params, f"dec_{i}")
     # Mirror of encoder (n-1-i), transposed; the first encoder kernel also
     # carries side-feature rows, which the decoder's N outputs drop.
     n = len(self.layers)
@@ -138,12 +203,17 @@ class AutoEncoder:
       x_T = inputs.x_T
       if train and self.input_dropout:
         x_T = _drop(k_in, rates.input_dropout, x_T)
-      w0 = params["enc_0_kernel"]
+      w0 = self._weight(params, "enc_0")
       chunk = sparse_ops.chunk_size(x_T.shape[0], w0.shape[1])
       h = act(sparse_ops.spmm(w0, inputs.row_T, inputs.col_T, x_T, inputs.n_rows, chunk)
               + params["enc_0_bias"])
     else:
       x = inputs.x_BxN
+      if self.global_kernel:
+        if inputs.nbr_BxGxN is None:
+          raise ValueError("a GLocal-K model needs each row's neighbouring rows "
+                           "(RowData.inputs gathers them)")
+        x = self.global_conv(params, inputs.nbr_BxGxN)
       if train and self.input_dropout:
         x = _drop(k_in, rates.input_dropout, x)
       if train and self.input_noise:
@@ -151,9 +221,9 @@ class AutoEncoder:
         x = jnp.where(inputs.m_BxN, x + noise, 0.0)
       if inputs.side_BxS is not None:
         x = jnp.concatenate([x, inputs.side_BxS.astype(x.dtype)], axis=-1)
-      h = act(self._dense(x, params["enc_0_kernel"], params["enc_0_bias"]))
+      h = act(self._dense(x, self._weight(params, "enc_0"), params["enc_0_bias"]))
     for i in range(1, len(self.layers)):
-      h = act(self._dense(h, params[f"enc_{i}_kernel"], params[f"enc_{i}_bias"]))
+      h = act(self._dense(h, self._weight(params, f"enc_{i}"), params[f"enc_{i}_bias"]))
     return h
 
   def hidden(self, params, inputs, rates=None, rng=None, train=False) -> jax.Array:
@@ -162,15 +232,14 @@ class AutoEncoder:
     h = self.encode(params, inputs, rates, rng, train)
     if train and self.dropout:
       h = _drop(jax.random.split(rng, 3)[2], rates.dropout, h)
-    for i in range(len(self.layers) - 1):
+    for i in range(self._last):
       h = act(self._dense(h, self._decoder_kernel(params, i), params[f"dec_{i}_bias"]))
     return h
 
   def output_rows(self, params) -> jax.Array:
     """The output layer's kernel as [N, H] rows, the layout sddmm gathers."""
     # Materialised once: a transpose fused into the gather reads strided columns.
-    last = len(self.layers) - 1
-    return jax.lax.optimization_barrier(self._decoder_kernel(params, last).T)
+    return jax.lax.optimization_barrier(self._decoder_kernel(params, self._last).T)
 
   def apply(self, params, inputs, rates: Optional[Rates] = None,
             rng: Optional[jax.Array] = None, train: bool = False, *, at=None,
@@ -178,7 +247,7 @@ class AutoEncoder:
     """All N outputs [B, N], or with `at=(row_P, col_P)` the outputs at those
     pairs only [P] (pass `out_rows=self.output_rows(params)` in a loop)."""
     h = self.hidden(params, inputs, rates, rng, train)
-    last = len(self.layers) - 1
+    last = self._last
     out_act = ACT[self.output_activation]
     bias = params[f"dec_{last}_bias"]
     if at is None:
@@ -190,17 +259,21 @@ class AutoEncoder:
 
 
 def build_model(config: Config, n_outputs: int, n_side: int = 0,
-                members: tuple[Config, ...] = ()) -> AutoEncoder:
+                members: tuple[Config, ...] = (), n_rows: int = 0) -> AutoEncoder:
   """The autoencoder of `config`; `members` (a sweep's configs) decide which
-  stochastic layers are drawn at all."""
+  stochastic layers are drawn at all; `n_rows` sizes GLocal-K's kernel."""
   cs = members or (config,)
+  kernel = config.model in ("sparse_fc", "glocal_k")
   return AutoEncoder(
       n_outputs=n_outputs, layers=tuple(config.layers), n_side=n_side,
       activation=config.activation, output_activation=config.output_activation,
       tied=config.tied, compute_dtype=config.compute_dtype,
       input_dropout=any(c.input_dropout > 0 for c in cs),
       input_noise=any(c.input_noise > 0 for c in cs),
-      dropout=any(c.dropout > 0 for c in cs))
+      dropout=any(c.dropout > 0 for c in cs), mirror=not kernel,
+      kernel_dim=config.kernel_dim if kernel else 0,
+      global_kernel=config.global_kernel_size if config.model == "glocal_k" else 0,
+      dot_scale=config.dot_scale, n_rows=n_rows if config.model == "glocal_k" else 0)
 
 
 def encode(model: AutoEncoder, params, x_BxN, side_BxS=None):

@@ -62,6 +62,10 @@ def make_optimizer(config: Config, steps_per_epoch: int,
                                eps_in_sqrt=False))
   elif config.optimizer == "sgd":
     chain.append(optax.sgd(lr))
+  elif config.optimizer == "lbfgs":
+    # Full batch (the papers' kernelNet/GLocal-K optimiser); the zoom line
+    # search evaluates the batch's loss (`value_fn`, passed by the engine).
+    chain.append(optax.lbfgs())
   else:  # momentum
     chain.append(optax.sgd(lr, momentum=config.momentum))
   return optax.chain(*chain)

@@ -23,6 +23,7 @@ from recae_jax.config import Config
 from recae_jax.data import features, movielens, sparse, splits
 from recae_jax.data.types import Dataset, Ratings, Split
 from recae_jax.errors import UserError
+from recae_jax.models import DenseInput
 from recae_jax.pairs import PairBlocks, build_pair_blocks, fallback_values
 
 
@@ -33,6 +34,7 @@ class RowData:
   source: sparse.RowSource
   side_RxS: Optional[jax.Array]  # side features per row (+ padding row) or None
   train_rows: jax.Array          # int32 rows with >= 1 training rating
+  neighbours: int = flax.struct.field(pytree_node=False, default=0)  # h: GLocal-K's rows r±h
 
   @property
   def n_rows(self) -> int:
@@ -42,6 +44,23 @@ class RowData:
     v_BxN, m_BxN = self.source.gather(rows_B)
     side = None if self.side_RxS is None else self.side_RxS[rows_B]
     return v_BxN, m_BxN, side
+
+  def neighbour_rows(self, rows_B):
+    """[B, 2h+1, N] raw rows r−h..r+h of each row r (zero outside the matrix),
+    or None: what GLocal-K's convolution reads."""
+    if not self.neighbours:
+      return None
+    h, n = self.neighbours, self.n_rows
+    at = rows_B[:, None] + jnp.arange(-h, h + 1)[None, :]
+    at = jnp.where((at >= 0) & (at < n) & (rows_B[:, None] < n), at, n)  # n: empty row
+    v, _ = self.source.gather(at.reshape(-1))
+    return v.reshape(at.shape + v.shape[-1:])
+
+  def inputs(self, rows_B, div: float = 1.0) -> DenseInput:
+    """The model's dense input for these rows, ratings divided by `div`."""
+    v_BxN, m_BxN, side = self.batch(rows_B)
+    nbr = self.neighbour_rows(rows_B)
+    return DenseInput(v_BxN / div, m_BxN, side, None if nbr is None else nbr / div)
 
 
 @dataclasses.dataclass
@@ -108,7 +127,8 @@ def row_data(config: Config, dataset: Dataset, ratings: Ratings) -> RowData:
   source = sparse.make_row_source(csr, config.dense_budget_mb << 20)
   side = side_matrix(config, dataset, ratings)
   rows = np.flatnonzero(csr.row_lengths() > 0).astype(np.int32)
-  return RowData(source, None if side is None else jnp.asarray(side), jnp.asarray(rows))
+  return RowData(source, None if side is None else jnp.asarray(side), jnp.asarray(rows),
+                 config.global_kernel_size // 2 if config.model == "glocal_k" else 0)
 
 
 def eval_set(config: Config, inputs: Ratings, pairs: Ratings, n_rows: int) -> EvalSet:

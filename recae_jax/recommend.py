@@ -141,8 +141,7 @@ def from_workdir(workdir, dataset: Optional[Dataset] = None) -> Recommender:
 def _apply_blocks(model: AutoEncoder, div: float, params_K, data: RowData, rows_KxB):
   """The members' average output for every row block."""
   def body(_, rows_B):
-    v_BxN, m_BxN, side = data.batch(rows_B)
-    x = DenseInput(v_BxN / div, m_BxN, side)
+    x = data.inputs(rows_B, div)
     return None, engine.over_members(model.apply, params_K, x).mean(0) * div
   _, out = jax.lax.scan(body, None, rows_KxB)
   return out.reshape(-1, out.shape[-1])
@@ -168,8 +167,7 @@ class _AEScorer:
 
   def __call__(self, ctx, rows_B):
     if self.user_rows:
-      v_BxN, m_BxN, side = ctx["data"].batch(rows_B)
-      x = DenseInput(v_BxN / self.div, m_BxN, side)
+      x = ctx["data"].inputs(rows_B, self.div)
       s_BxI = engine.over_members(self.model.apply, ctx["params"], x).mean(0) * self.div
     else:
       s_BxI = ctx["table"][rows_B]
@@ -327,20 +325,14 @@ def recommend(rec: Recommender, user_id, k: int = 10) -> Recommendation:
 @functools.partial(jax.jit, static_argnames=("model", "div"))
 def _encode_blocks(model: AutoEncoder, div: float, params, data: RowData, rows_KxB):
   def body(_, rows_B):
-    v_BxN, m_BxN, side = data.batch(rows_B)
-    return None, model.encode(engine.member(params, 0), DenseInput(v_BxN / div, m_BxN, side))
+    return None, model.encode(engine.member(params, 0), data.inputs(rows_B, div))
   _, out = jax.lax.scan(body, None, rows_KxB)
   return out.reshape(-1, out.shape[-1])
 
 
 def _last_decoder_kernel(rec: Recommender) -> np.ndarray:
   """[H, N] output kernel of the first member (members' spaces differ)."""
-  params = engine.member(rec.params, 0)
-  names = sorted((k for k in params if k.startswith("dec_") and
-                  k.endswith("_kernel")), key=lambda k: int(k.split("_")[1]))
-  if not names:  # tied decoder: the transposed first encoder kernel
-    return np.asarray(params["enc_0_kernel"]).T[:, : rec.model.n_outputs]
-  return np.asarray(params[names[-1]])
+  return np.asarray(rec.model.output_rows(engine.member(rec.params, 0))).T
 
 
 def _topn_embeddings(rec: Recommender, kind: str) -> np.ndarray:
@@ -633,8 +625,7 @@ def _hidden_rows(rec: Recommender) -> np.ndarray:
   """[K, I, H]: each member's last hidden layer for every item row."""
   div = float(rec.config.rating_divisor)
   fn = jax.jit(lambda p, rows: engine.over_members(
-      lambda q, x: rec.model.hidden(q, x), p,
-      DenseInput(*(lambda v, m, side: (v / div, m, side))(*rec.data.batch(rows)))))
+      lambda q, x: rec.model.hidden(q, x), p, rec.data.inputs(rows, div)))
   n = rec.data.n_rows
   blocks = np.asarray(ranking._blocks(np.arange(n), 512, n))
   return np.concatenate([np.asarray(fn(rec.params, jnp.asarray(b))) for b in blocks],

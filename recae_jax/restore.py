@@ -114,7 +114,8 @@ def restore_params(config: Config, workdir, problem: Problem,
   workdir = pathlib.Path(workdir)
   ckdir = require_checkpoint(workdir)
   members = members or [config]
-  model = build_model(config, problem.n_cols, problem.n_side, tuple(members))
+  model = build_model(config, problem.n_cols, problem.n_side, tuple(members),
+                      problem.fit_data.n_rows)
   task = RatingTask.from_config(config, model, members)
   n_rows = max(1, int(problem.fit_data.train_rows.shape[0]))
   tx = optim.make_optimizer(config, -(-n_rows // min(config.batch_size, n_rows)))

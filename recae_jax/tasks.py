@@ -5,7 +5,8 @@
     task.refeed(params, batch)                  -> a batch to train on again, or None
 
 `RatingTask`: rating autoencoders, masked MSE on the observed ratings (S1's
-Σ m (r−ŷ)² / max(1, Σ m), or S3's mean over every column), + λ·½ΣW². The
+Σ m (r−ŷ)² / max(1, Σ m), S3's mean over every column, or kernelNet's
+½ Σ m (r−ŷ)²), + λ·½ΣW² (+ λs·½ΣK² for kernel layers). The
 batch comes as dense rows or as flattened entries (see `batching`); both
 go through the model's one forward and give the same loss.
 
@@ -62,12 +63,14 @@ class RatingTask:
   loss_denominator: str = "observed"   # "all": S3's MSELoss over every column
   dense_refeeding: int = 0
   use_l2: bool = False                 # some member has l2 > 0 (else skip ½ΣW²)
+  kernel_l2: float = 0.0               # λs of kernelNet layers' ½ΣK²
 
   @classmethod
   def from_config(cls, config: Config, model: AutoEncoder,
                   members: Sequence[Config] = ()) -> "RatingTask":
     return cls(model, config.rating_divisor, config.loss_denominator,
-               config.dense_refeeding, any(c.l2 > 0 for c in (members or (config,))))
+               config.dense_refeeding, any(c.l2 > 0 for c in (members or (config,))),
+               config.kernel_l2 if model.kernel_dim else 0.0)
 
   def init(self, rng):
     return self.model.init(rng)
@@ -86,17 +89,22 @@ class RatingTask:
       sse, count = jnp.sum(diff * diff), jnp.sum(batch.valid_T)
     else:
       x_BxN = batch.v_BxN / div
-      pred_BxN = self.model.apply(params, DenseInput(x_BxN, batch.m_BxN, batch.side_BxS),
-                                  hyper.rates, rng, train=True)
+      nbr = None if batch.nbr_BxGxN is None else batch.nbr_BxGxN / div
+      pred_BxN = self.model.apply(params, DenseInput(x_BxN, batch.m_BxN, batch.side_BxS,
+                                                     nbr), hyper.rates, rng, train=True)
       sse, count = losses.masked_sse(pred_BxN, x_BxN, batch.m_BxN, batch.w_B)
     totals = totals or {"count": count, "rows": jnp.sum(batch.w_B)}
     if self.loss_denominator == "observed":
       denom = jnp.maximum(1.0, totals["count"])
+    elif self.loss_denominator == "sum":  # kernelNet / GLocal-K: ½ Σ m (r − ŷ)²
+      denom = 2.0 / div / div  # on the data's scale, whatever rating_divisor is
     else:  # torch MSELoss over every column of the (real) rows
       denom = jnp.maximum(1.0, totals["rows"]) * self.model.n_outputs
     loss = sse / denom
     if self.use_l2:
       loss = loss + hyper.l2 * losses.l2_penalty(params) / shards
+    if self.kernel_l2:
+      loss = loss + self.kernel_l2 * self.model.kernel_penalty(params) / shards
     return loss, (sse * div * div, count)
 
   def refeed(self, params, batch) -> Optional[DenseBatch]:
@@ -113,7 +121,8 @@ class RatingTask:
     if isinstance(inputs, SparseInput):
       inputs = inputs.replace(x_T=inputs.x_T / div)
       return self.model.apply(params, inputs, at=at, out_rows=out_rows) * div
-    x = DenseInput(inputs.x_BxN / div, inputs.m_BxN, inputs.side_BxS)
+    nbr = None if inputs.nbr_BxGxN is None else inputs.nbr_BxGxN / div
+    x = DenseInput(inputs.x_BxN / div, inputs.m_BxN, inputs.side_BxS, nbr)
     return self.model.apply(params, x)[at] * div
 
 

@@ -19,6 +19,7 @@ import resource
 from typing import Callable, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from recae_jax import compute as compute_lib
@@ -93,7 +94,17 @@ def train_members(base: Config, configs: Sequence[Config], workdir, *,
   """Trains `configs` (differing only in tasks.SWEEPABLE fields) as members of
   one engine, selects each on validation, writes each member's metrics.json,
   metrics.jsonl, test_pred.npy and valid_pred.npy into its `member_dirs`,
-  and returns their metrics."""
+  and returns their metrics. GLocal-K members are first pre-trained as
+  sparse_fc runs in workdir/pretrain (see `_pretrain_local_kernels`)."""
+  return _train_members(base, configs, workdir, member_dirs=member_dirs, labels=labels,
+                        resume=resume, progress=progress, problem=problem,
+                        dataset=dataset, config_json=config_json,
+                        group_size=group_size, shared_order=shared_order)[0]
+
+
+def _train_members(base, configs, workdir, *, member_dirs, labels, resume, progress,
+                   problem, dataset, config_json, group_size, shared_order):
+  """train_members, also returning the selected parameters [K, ...]."""
   workdir = wd.ensure_writable(workdir)
   check_workdir(config_json or base.to_json(), workdir, resume)
   wd.write_json(workdir / "config.json", config_json or base.to_json())
@@ -107,7 +118,16 @@ def train_members(base: Config, configs: Sequence[Config], workdir, *,
     raise UserError(f"dataset {base.dataset!r} split {base.split!r} has no training ratings")
   mesh = sharding.make_mesh(base.data_parallel, base.model_parallel)
   batch_size = base.batch_size if mesh else min(base.batch_size, n_train_rows)
-  model = build_model(base, problem.n_cols, problem.n_side, tuple(configs))
+  if base.optimizer == "lbfgs" and batch_size < n_train_rows:
+    raise UserError(f"--optimizer=lbfgs is full-batch: set --batch_size to at least the "
+                    f"{n_train_rows} training rows (got {base.batch_size})")
+  start = None
+  if base.model == "glocal_k":
+    start = _pretrain_local_kernels(
+        base, configs, workdir, problem, labels=labels, resume=resume, progress=progress,
+        group_size=group_size, shared_order=shared_order)
+  model = build_model(base, problem.n_cols, problem.n_side, tuple(configs),
+                      problem.fit_data.n_rows)
   task = RatingTask.from_config(base, model, configs)
   hyper = Hyper.from_configs(configs)
   steps_per_epoch = -(-n_train_rows // batch_size)
@@ -135,7 +155,8 @@ def train_members(base: Config, configs: Sequence[Config], workdir, *,
     sharding.check_divisible(mesh, batch_size, base.eval_batch_size, problem.n_cols,
                              model.n_inputs)
     progress(f"mesh: {dict(mesh.shape)} over {mesh.devices.size} devices")
-  state = _shard(mesh, engine.init_state(task, tx, seeds, order_seed))
+  state = _shard(mesh, engine.init_state(task, tx, seeds, order_seed, start))
+  start = None
   epoch_fn = engine.make_epoch(task, tx, batcher, shuffle=base.shuffle,
                                group_size=group_size)
   validate = None
@@ -212,7 +233,53 @@ def train_members(base: Config, configs: Sequence[Config], workdir, *,
     except ImportError:
       pass
   wd.barrier("train-and-evaluate-done")  # others may read these files next (ensembles)
-  return out
+  return out, result.best_params
+
+
+def _pretrain_local_kernels(base: Config, configs, workdir, problem: Problem, *, labels,
+                            resume, progress, group_size, shared_order):
+  """GLocal-K's first stage: each member's local kernel net is a sparse_fc
+  run of `pretrain_epochs` (selected on validation; its own workdir,
+  checkpoints and metrics in workdir/pretrain). Returns the second stage's
+  starting parameters [K, ...]: those networks, and in `gconv_rowmean` the
+  per-row means of their reconstructions of the training matrix (clipped to
+  the rating scale), from which the global kernel is computed."""
+  kernel_only = {n: getattr(Config, n) for n in ("global_kernel_size", "dot_scale",
+                                                 "pretrain_epochs")}
+  local = lambda c: dataclasses.replace(c, model="sparse_fc", epochs=c.pretrain_epochs,
+                                        **kernel_only)
+  pre_dir = pathlib.Path(workdir) / "pretrain"
+  pre_configs = [local(c) for c in configs]
+  _, params_K = _train_members(
+      local(base), pre_configs, pre_dir,
+      member_dirs=[pre_dir] if len(configs) == 1 else [pre_dir / lb for lb in labels],
+      labels=labels, resume=resume, progress=lambda line: progress(f"pretrain {line}"),
+      problem=problem, dataset=None, config_json=None, group_size=group_size,
+      shared_order=shared_order)
+  model = build_model(local(base), problem.n_cols, problem.n_side, tuple(pre_configs))
+  means = _reconstruction_row_means(model, float(base.rating_divisor), params_K,
+                                    problem.fit_data, problem.rating_scale,
+                                    base.eval_batch_size)
+  return {**params_K, "gconv_rowmean": means}
+
+
+def _reconstruction_row_means(model, div: float, params_K, data, rating_scale,
+                              block: int) -> jax.Array:
+  """[K, R]: each member's mean predicted rating of every row, over all columns."""
+  n = data.n_rows
+  rows = jnp.arange(-(-n // block) * block, dtype=jnp.int32)
+  rows = jnp.where(rows < n, rows, n).reshape(-1, block)
+
+  @jax.jit
+  def run(params_K, data):
+    def body(_, rows_B):
+      x = data.inputs(rows_B, div)
+      out = engine.over_members(lambda p: model.apply(p, x), params_K) * div
+      return None, jnp.clip(out, *rating_scale).mean(-1)
+    _, m = jax.lax.scan(body, None, rows)  # [blocks, K, B]
+    return jnp.moveaxis(m, 1, 0).reshape(m.shape[1], -1)[:, :n]
+
+  return run(params_K, data)
 
 
 def _learning_rates(base: Config, configs, steps_per_epoch: int, step: int) -> np.ndarray:

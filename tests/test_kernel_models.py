@@ -1,0 +1,171 @@
+"""Kernel rating models: kernelNet (sparse_fc), GLocal-K (glocal_k), L-BFGS."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import signal
+
+from recae_jax import batching, engine, losses, recommend, train
+from recae_jax.config import make_config
+from recae_jax.data import sparse
+from recae_jax.errors import UserError
+from recae_jax.models import DenseInput, build_model
+from recae_jax.problem import RowData, build_problem, load_split
+from recae_jax.tasks import Hyper, RatingTask
+
+SMALL = dict(layers=(16, 16), epochs=6, patience=0)
+
+
+def test_kernel_layer_is_weight_times_finite_support_kernel():
+  config = make_config("sparse_fc", layers=(7,))
+  model = build_model(config, 9)
+  assert not model.mirror and model.kernel_dim == 5
+  params = model.init(jax.random.PRNGKey(0))
+  assert sorted(params) == ["dec_0_bias", "dec_0_kernel", "dec_0_u", "dec_0_v",
+                            "enc_0_bias", "enc_0_kernel", "enc_0_u", "enc_0_v"]
+  rng = np.random.default_rng(0)  # spread u, v so some kernel values are exactly 0
+  params["enc_0_u"] = jnp.asarray(rng.normal(0, 0.6, (9, 5)), jnp.float32)
+  params["enc_0_v"] = jnp.asarray(rng.normal(0, 0.6, (7, 5)), jnp.float32)
+  u, v = np.asarray(params["enc_0_u"]), np.asarray(params["enc_0_v"])
+  k = np.maximum(0, 1 - ((u[:, None, :] - v[None, :, :]) ** 2).sum(-1))
+  assert 0 < (k == 0).mean() < 1
+  np.testing.assert_allclose(np.asarray(model._weight(params, "enc_0")),
+                             np.asarray(params["enc_0_kernel"]) * k, atol=1e-5)
+  want = 0.5 * (k ** 2).sum() + 0.5 * (np.asarray(model._kernel_values(params, "dec_0")) ** 2).sum()
+  np.testing.assert_allclose(float(model.kernel_penalty(params)), want, rtol=1e-5)
+
+
+def test_global_convolution_of_row_batches_is_the_whole_matrix_convolution(tiny):
+  """Any batch of rows (shuffled, padded) sees exactly conv2d(R, G) at its rows."""
+  _, split = tiny
+  config = make_config("glocal_k", layers=(8,))
+  csr = sparse.ratings_to_csr(split.train, "item")
+  n_rows, n_cols = csr.shape
+  data = RowData(sparse.make_row_source(csr, force="dense"), None,
+                 jnp.arange(n_rows, dtype=jnp.int32), neighbours=1)
+  model = build_model(config, n_cols, n_rows=n_rows)
+  params = model.init(jax.random.PRNGKey(1))
+  params["gconv_rowmean"] = jnp.asarray(np.random.default_rng(2).uniform(1, 5, n_rows),
+                                        jnp.float32)
+  dense_R = np.asarray(csr.to_dense())
+  gk = np.asarray(params["gconv_rowmean"] @ params["gconv_kernel"]).reshape(3, 3)
+  want = np.maximum(0, signal.correlate2d(dense_R, gk, mode="same"))
+  rows = np.random.default_rng(3).permutation(n_rows)[:20].astype(np.int32)
+  rows[-3:] = n_rows  # padding rows
+  got = np.asarray(model.global_conv(params, data.neighbour_rows(jnp.asarray(rows))))
+  np.testing.assert_allclose(got[:-3], want[rows[:-3]], rtol=1e-4, atol=1e-3)
+  # the model's input goes through it: the first layer sees conv(R), not R
+  x = data.inputs(jnp.asarray(rows))
+  assert x.nbr_BxGxN.shape == (20, 3, n_cols)
+  h = model.encode(params, x)
+  h_raw = model.encode(params, DenseInput(x.x_BxN, x.m_BxN, None,
+                                          jnp.zeros_like(x.nbr_BxGxN)))
+  assert not np.allclose(np.asarray(h), np.asarray(h_raw))
+
+
+def test_sparse_fc_sparse_path_matches_dense(tiny):
+  _, split = tiny
+  config = make_config("sparse_fc", layers=(12, 6), l2=0.5, kernel_l2=0.1)
+  csr = sparse.ratings_to_csr(split.train, "item")
+  src = sparse.make_row_source(csr, force="dense")
+  model = build_model(config, csr.shape[1])
+  task = RatingTask.from_config(config, model)
+  assert task.kernel_l2 == 0.1
+  hyper = engine.member(Hyper.from_configs([config]), 0)
+  params = model.init(jax.random.PRNGKey(3))
+  params = {k: (v * 300 if k.endswith(("_u", "_v")) else v) for k, v in params.items()}
+  vg = jax.jit(jax.value_and_grad(lambda p, b: task.loss(p, b, hyper, None)[0]))
+  rows_B = jnp.arange(16, dtype=jnp.int32)
+  v, m = src.gather(rows_B)
+  ld, gd = vg(params, batching.DenseBatch(v, m, None, jnp.ones(16)))
+  e = batching.SparseBatcher(16, "uniform").batch(
+      batching.from_csr(csr, batch_size=16, batching="uniform"), rows_B)
+  ls, gs = vg(params, e)
+  np.testing.assert_allclose(float(ls), float(ld), rtol=1e-5)
+  for name in gd:
+    np.testing.assert_allclose(np.asarray(gs[name]), np.asarray(gd[name]), rtol=1e-4,
+                               atol=1e-5, err_msg=name)
+  # "sum" is kernelNet's ½ Σ (r − ŷ)² + λ2·½ΣW² + λs·½ΣK²
+  sse = float(task.loss(params, batching.DenseBatch(v, m, None, jnp.ones(16)), hyper,
+                        None)[1][0])
+  pen = 0.1 * float(model.kernel_penalty(params)) + 0.5 * float(losses.l2_penalty(params))
+  np.testing.assert_allclose(float(ld), sse / 2 + pen, rtol=1e-5)
+
+
+def test_lbfgs_full_batch_decreases_the_objective_every_step(tiny, tmp_path):
+  dataset, split = tiny
+  config = make_config("sparse_fc", **SMALL)
+  res = train.train_and_evaluate(config, tmp_path, problem=build_problem(config, dataset,
+                                                                          split))
+  losses = [json.loads(line)["train_loss"] for line in
+            (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert len(losses) == 6 and all(b < a for a, b in zip(losses, losses[1:]))
+  assert res["test_rmse"] < 1.2
+
+
+def test_glocal_k_pretrains_then_fine_tunes_from_the_pretrained_net(tiny, tmp_path,
+                                                                    monkeypatch):
+  dataset, _ = tiny
+  config = make_config("glocal_k", **SMALL, pretrain_epochs=5, split="random")
+  _, split = load_split(config, dataset)  # what from_workdir recomputes
+  problem = build_problem(config, dataset, split)
+  assert problem.fit_data.neighbours == 1
+  starts = []
+  real = engine.init_state
+  monkeypatch.setattr(engine, "init_state", lambda *a, **kw: starts.append(
+      a[4] if len(a) > 4 else kw.get("start")) or real(*a, **kw))
+  res = train.train_and_evaluate(config, tmp_path, problem=problem)
+  pre = json.loads((tmp_path / "pretrain" / "metrics.json").read_text())
+  assert json.loads((tmp_path / "pretrain" / "config.json").read_text())["model"] == "sparse_fc"
+  assert pre["epochs_run"] == 5 and res["epochs_run"] == 6
+  start = [s for s in starts if s is not None][-1]
+  # the fine-tuning starts from the pre-trained (selected) parameters ...
+  from recae_jax import restore
+  _, pre_params, _ = restore.restore_params(
+      make_config("sparse_fc", **dict(SMALL, epochs=5)), tmp_path / "pretrain", problem)
+  for name in pre_params:
+    np.testing.assert_array_equal(np.asarray(start[name]), np.asarray(pre_params[name]))
+  # ... with the row means of their clipped reconstruction of the fit matrix
+  model = build_model(make_config("sparse_fc", layers=(16, 16)), problem.n_cols)
+  rows = jnp.arange(problem.fit_data.n_rows, dtype=jnp.int32)
+  out = model.apply(engine.member(pre_params, 0), problem.fit_data.inputs(rows))
+  np.testing.assert_allclose(np.asarray(start["gconv_rowmean"][0]),
+                             np.asarray(jnp.clip(out, 1, 5).mean(1)), rtol=1e-5)
+  assert np.isfinite(res["test_rmse"]) and res["test_rmse"] < 1.3
+  # every inference path opens the workdir
+  rec = recommend.from_workdir(tmp_path, dataset=dataset)
+  pairs = split.test
+  pred, _ = rec.predict(dataset.user_ids[pairs.users[:50]], dataset.item_ids[pairs.items[:50]])
+  assert np.all((np.asarray(pred) >= 1) & (np.asarray(pred) <= 5))
+  emb = recommend.item_embeddings(rec)
+  assert emb.shape[0] == dataset.ratings.n_items and np.isfinite(emb).all()
+  assert len(recommend.similar_items(rec, emb, int(dataset.item_ids[0]), 5)[1]) == 5
+  assert np.isfinite(recommend.user_embeddings(rec)).all()
+
+
+@pytest.mark.parametrize("kw, flag", [
+    (dict(kernel_dim=3), "--kernel_dim"),
+    (dict(kernel_l2=0.1), "--kernel_l2"),
+    (dict(model="sparse_fc", global_kernel_size=5), "--global_kernel_size"),
+    (dict(model="glocal_k", global_kernel_size=4), "--global_kernel_size"),
+    (dict(model="glocal_k", refit=True), "--refit"),
+    (dict(optimizer="lbfgs"), "--learning_rate"),
+    (dict(optimizer="lbfgs", learning_rate=1.0, grad_clip=1.0), "--grad_clip"),
+    (dict(model="sparse_fc", tied=True), "--tied"),
+])
+def test_options_that_do_not_apply_are_one_line_errors(kw, flag):
+  with pytest.raises(UserError, match=flag) as e:
+    make_config(None, **kw)
+  assert "\n" not in str(e.value)
+
+
+def test_lbfgs_with_minibatches_is_refused(tiny, tmp_path):
+  dataset, split = tiny
+  config = make_config("sparse_fc", **dict(SMALL, batch_size=8))
+  with pytest.raises(UserError, match="--optimizer=lbfgs is full-batch.*--batch_size"):
+    train.train_and_evaluate(config, tmp_path, problem=build_problem(config, dataset, split))
