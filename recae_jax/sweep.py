@@ -83,7 +83,7 @@ def parse_sweep(spec: str, mode: str = "grid") -> list[dict[str, Any]]:
 
 def member_configs(base: Config, overrides: Sequence[dict[str, Any]]) -> list[Config]:
   """Validated per-member configs (base + each override)."""
-  if base.ensemble > 1 or base.blend_uautorec or base.blend_knn:
+  if base.is_blend:
     raise UserError("a sweep trains single models: drop --ensemble/--blend_* "
                     "(the sweep reports its own ensemble)")
   d = base.to_json()
@@ -141,6 +141,10 @@ def _run_sweep(base, configs, workdir, *, progress, problem, labels, resume, gro
   if k == 0:
     raise UserError("--sweep: no members")
   if base.is_topn:  # a top-N model's sweep: the same engine, its own report
+    if base.user_folds:
+      raise UserError(f"--user_folds={base.user_folds} does not combine with --sweep (a "
+                      "sweep runs on one split); sweep without it, or run each setting "
+                      "with experiments/train.py --user_folds")
     return topn.run_sweep(base, [c for c in configs],
                           workdir, progress=progress, resume=resume)
   workdir = wd.ensure_writable(workdir)

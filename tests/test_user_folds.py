@@ -143,6 +143,11 @@ def test_errors(csv, tmp_path):
                                                user_folds=3, n_valid_users=200), tmp_path / "b")
   with pytest.raises(UserError, match="--user_folds=3: run the folds"):
     topn.run(_cfg(csv))
+  from recae_jax import sweep
+  base = _cfg(csv, "mult_dae")
+  with pytest.raises(UserError, match="--user_folds=3 does not combine with --sweep"):
+    sweep.run_sweep(base, sweep.member_configs(base, sweep.parse_sweep("l2=0,0.1")),
+                    tmp_path / "sweep", progress=QUIET)
 
 
 def test_train_script_and_recommend_from_a_fold(csv, tmp_path):
