@@ -5,12 +5,13 @@ on validation data only.
 same validation carve-out) as the members of one engine (one compiled epoch
 for all K, see `train.train_members`) and averages their predictions. The
 blend then fits one linear combination (with intercept) of the components'
-validation predictions — the member average, optionally U-AutoRec and the
-Pearson user-KNN — by least squares, and applies it to their test
+validation predictions — the member average, optionally U-AutoRec, a
+kernel model (sparse_fc / glocal_k) and the neighbourhood model — by least squares, and applies it to their test
 predictions. Test ratings never influence a weight.
 
 The members live in `workdir/members/` (their checkpoints there, each
-member's files in `members/mK`), U-AutoRec in `members/uautorec`, so
+member's files in `members/mK`), U-AutoRec in `members/uautorec`, the
+kernel model in `members/sparse_fc` or `members/glocal_k`, so
 `--resume` continues an interrupted blend and reuses finished parts.
 """
 
@@ -66,7 +67,7 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
   dataset, split = load_split(config, dataset)
   wd.write_json(workdir / "provenance.json", wd.provenance(dataset.files))
   lo, hi = dataset.rating_scale
-  base = dataclasses.replace(config, ensemble=1, blend_uautorec=False, blend_knn=False)
+  base = config.blend_member()
   seeds = [dataclasses.replace(base, seed=config.seed + k) for k in range(config.ensemble)]
   dirs = [workdir / "members" / f"m{k}" for k in range(config.ensemble)]
   if resume and _finished(dirs):
@@ -94,6 +95,17 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
       train.train_and_evaluate(ucfg, udir, resume=resume, progress=progress,
                                problem=build_problem(ucfg, dataset, split))
     components["uautorec"] = _predictions(udir)
+  if config.blend_kernel:
+    kcfg = make_config(config.blend_kernel, **{f: getattr(config, f) for f in _DATA_FIELDS},
+                       seed=config.seed)
+    kdir = workdir / "members" / config.blend_kernel
+    if resume and _finished([kdir]):
+      progress(f"{config.blend_kernel} component: finished earlier, reusing its predictions")
+    else:
+      progress(f"== {config.blend_kernel} component")
+      train.train_and_evaluate(kcfg, kdir, resume=resume, progress=progress,
+                               problem=build_problem(kcfg, dataset, split))
+    components[config.blend_kernel] = _predictions(kdir)
   if config.blend_knn:
     progress("== neighbourhood (KNN) component")
     components["knn"] = _knn_component(split, dataset.rating_scale, progress)

@@ -107,6 +107,18 @@ class Config:
   ensemble: int = 1                # members trained with seeds seed..seed+K-1
   blend_uautorec: bool = False     # add a U-AutoRec component to the blend
   blend_knn: bool = False          # add the Pearson user-KNN to the blend
+  blend_kernel: str = ""           # add a kernel model to the blend: sparse_fc or glocal_k (its preset)
+
+  @property
+  def is_blend(self) -> bool:
+    """Several runs blended on validation (recae_jax.blend)."""
+    return (self.ensemble > 1 or self.blend_uautorec or self.blend_knn
+            or bool(self.blend_kernel))
+
+  def blend_member(self) -> "Config":
+    """One member of this blend's seed ensemble: the blend options off."""
+    return dataclasses.replace(self, ensemble=1, blend_uautorec=False, blend_knn=False,
+                               blend_kernel="")
 
   @property
   def is_topn(self) -> bool:
@@ -208,6 +220,8 @@ class Config:
         bad(name, f"must be >= 0, got {getattr(self, name)}")
     if not self.ease_lambdas or any(lam <= 0 for lam in self.ease_lambdas):
       bad("ease_lambdas", f"must be positive, got {self.ease_lambdas}")
+    if self.blend_kernel not in ("", "sparse_fc", "glocal_k"):
+      bad("blend_kernel", f"must be sparse_fc or glocal_k, got {self.blend_kernel!r}")
     if not self.ks or any(k <= 0 for k in self.ks):
       bad("ks", f"must be positive, got {self.ks}")
     if self.user_folds < 0 or self.user_folds == 1:

@@ -89,8 +89,8 @@ def members_of(workdir) -> tuple[Config, list[Config], pathlib.Path]:
     path = workdir / "config.json"
     return _config(d["base"], path), [_config(m, path) for m in d["members"]], workdir
   config = _config(d, workdir / "config.json")
-  if config.ensemble > 1 or config.blend_uautorec or config.blend_knn:
-    base = dataclasses.replace(config, ensemble=1, blend_uautorec=False, blend_knn=False)
+  if config.is_blend:
+    base = config.blend_member()
     seeds = [dataclasses.replace(base, seed=config.seed + k) for k in range(config.ensemble)]
     return base, seeds, workdir / "members"
   return config, [config], workdir

@@ -316,7 +316,7 @@ def _refit(base, task, seeds, order_seed, problem, batcher, mesh, hyper, best_ep
 
 
 def is_blend(config: Config) -> bool:
-  return config.ensemble > 1 or config.blend_uautorec or config.blend_knn
+  return config.is_blend
 
 
 def train_and_evaluate(config: Config, workdir, *, resume: bool = False,

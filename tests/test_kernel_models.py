@@ -169,3 +169,22 @@ def test_lbfgs_with_minibatches_is_refused(tiny, tmp_path):
   config = make_config("sparse_fc", **dict(SMALL, batch_size=8))
   with pytest.raises(UserError, match="--optimizer=lbfgs is full-batch.*--batch_size"):
     train.train_and_evaluate(config, tmp_path, problem=build_problem(config, dataset, split))
+
+
+def test_a_kernel_model_is_a_blend_component(tiny, tmp_path, monkeypatch):
+  from recae_jax import blend, config as config_lib
+  dataset, _ = tiny
+  monkeypatch.setitem(config_lib.PRESETS, "sparse_fc",
+                      dict(config_lib.PRESETS["sparse_fc"], **SMALL))  # a quick component
+  config = make_config("autorec", layers=(8,), epochs=3, patience=0, split="random",
+                       blend_kernel="sparse_fc")
+  assert config.is_blend and config.blend_member().blend_kernel == ""
+  res = blend.train_and_evaluate_blend(config, tmp_path, dataset=dataset)
+  comp = json.loads((tmp_path / "members" / "sparse_fc" / "metrics.json").read_text())
+  assert set(res["blend_weights"]) == {"intercept", "autoencoder_mean", "sparse_fc"}
+  assert res["components"]["sparse_fc"]["test_rmse"] == pytest.approx(comp["test_rmse"],
+                                                                      abs=1e-4)
+  # the least-squares blend is at least as good on validation as either part
+  assert res["valid_rmse"] <= min(c["valid_rmse"] for c in res["components"].values()) + 1e-6
+  with pytest.raises(UserError, match="--blend_kernel"):
+    make_config("autorec", blend_kernel="autorec")
