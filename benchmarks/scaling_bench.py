@@ -37,6 +37,9 @@ flags.DEFINE_integer("batch_size", 256, "rows per batch")
 flags.DEFINE_integer("hidden", 500, "hidden units")
 flags.DEFINE_integer("dense_budget_mb", 1024, "dense matrix on device if it fits")
 flags.DEFINE_string("paths", "dense,sparse", "compute paths to time")
+flags.DEFINE_enum("model", "autoencoder", ["autoencoder", "sparse_fc"],
+                  "autoencoder: I-AutoRec N->hidden->N; sparse_fc: kernelNet's "
+                  "N->hidden->hidden->N kernel layers (trained by Adam on minibatches here)")
 flags.DEFINE_string("out", "runs/scaling", "output directory")
 flags.DEFINE_string("one", None, "internal: run one size and print its JSON")
 FLAGS = flags.FLAGS
@@ -64,8 +67,14 @@ def run_one(name: str) -> dict:
   t = time.perf_counter()
   ds = synthetic.generate(_EXTRA.get(name, name), seed=0)
   gen_s = time.perf_counter() - t
-  config = make_config("autorec", batch_size=FLAGS.batch_size, layers=(FLAGS.hidden,),
-                       dense_budget_mb=FLAGS.dense_budget_mb)
+  if FLAGS.model == "sparse_fc":  # minibatch Adam: a full-batch L-BFGS step is the epoch
+    config = make_config("sparse_fc", batch_size=FLAGS.batch_size,
+                         layers=(FLAGS.hidden, FLAGS.hidden), optimizer="adam",
+                         learning_rate=1e-3, loss_denominator="observed", l2=1e-3,
+                         kernel_l2=1e-4, dense_budget_mb=FLAGS.dense_budget_mb)
+  else:
+    config = make_config("autorec", batch_size=FLAGS.batch_size, layers=(FLAGS.hidden,),
+                         dense_budget_mb=FLAGS.dense_budget_mb)
   csr = sparse.ratings_to_csr(ds.ratings, "item")
   source = sparse.make_row_source(csr, FLAGS.dense_budget_mb << 20)
   rows = np.flatnonzero(csr.row_lengths() > 0).astype(np.int32)
@@ -78,6 +87,7 @@ def run_one(name: str) -> dict:
          "n_ratings": len(ds.ratings), "rows": int(len(rows)), "cols": int(n_cols),
          "density": len(ds.ratings) / (csr.shape[0] * csr.shape[1]),
          "layout": type(source).__name__, "batch_size": batch, "hidden": FLAGS.hidden,
+         "model": FLAGS.model,
          "steps_per_epoch": steps_per_epoch, "timed_steps": steps,
          "extrapolated": steps < steps_per_epoch, "generate_seconds": gen_s,
          "device": jax.devices()[0].device_kind}
@@ -147,7 +157,7 @@ def main(argv):
       continue
     args = [sys.executable, __file__, f"--one={name}"] + [
         f"--{f}={getattr(FLAGS, f)}" for f in ("steps", "batch_size", "hidden",
-                                                "dense_budget_mb", "paths")]
+                                                "dense_budget_mb", "paths", "model")]
     r = subprocess.run(args, capture_output=True, text=True)
     if r.returncode != 0:
       print(r.stderr[-2000:], file=sys.stderr)

@@ -56,6 +56,20 @@ def test_scaling_bench(tmp_path):
   assert (tmp_path / "scaling" / "scaling.json").exists()
 
 
+def test_scaling_bench_times_kernel_layers_on_the_sparse_path(tmp_path):
+  out = _run(tmp_path, "scaling_bench.py", "--sizes=ml-100k", "--steps=1", "--hidden=16",
+             "--model=sparse_fc", "--paths=sparse", f"--out={tmp_path / 'scaling'}")
+  (r,) = out
+  assert r["model"] == "sparse_fc" and r["sparse_epoch_seconds"] > 0
+
+
+def test_models_bench(tmp_path):
+  out = _run(tmp_path, "models_bench.py", *DATA, "--presets=sparse_fc", "--repeats=1")
+  res = out["results"]
+  assert set(res) == {"autorec", "sparse_fc"} and res["autorec"]["vs_autorec"] == 1.0
+  assert res["sparse_fc"]["epoch_seconds"] > 0 and res["sparse_fc"]["steps_per_epoch"] == 1
+
+
 def test_torch_reference_bench(tmp_path):
   # Both branches assert something: a run without torch must say how to get it
   # (CI counts a skipped test as a failure when real data is present).
