@@ -340,7 +340,7 @@ PRESETS["glocal_k"] = dict(PRESETS["sparse_fc"], model="glocal_k", pretrain_epoc
                            epochs=300, global_kernel_size=3, dot_scale=1.0)
 # The project's most accurate rating model (see README "What helped").
 PRESETS["best"] = dict(PRESETS["autorec"], ensemble=5, refit=True, blend_uautorec=True,
-                       blend_knn=True)
+                       blend_knn=True, blend_kernel="sparse_fc")
 
 
 def make_config(preset: Optional[str] = None, **overrides) -> Config:
