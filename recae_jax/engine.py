@@ -48,7 +48,7 @@ from jax.sharding import PartitionSpec as P
 from recae_jax import sharding
 from recae_jax.batching import (SparseBatcher, block_entry_bound, flatten_rows)
 from recae_jax.data import sparse as sparse_lib
-from recae_jax.models import DenseInput, SparseInput
+from recae_jax.models import SparseInput
 from recae_jax.pairs import PairBlocks
 
 # How many times each jitted function was traced (tests pin "compiles once").
