@@ -133,7 +133,8 @@ class AutoEncoder:
     for i, w in enumerate(self._decoder_widths()):
       shapes[f"dec_{i}"] = (d, w)
       d = w
-    keys = jax.random.split(rng, len(shapes) + 1)
+    # One key per layer (as before the kernel models: same AutoRec inits), + C's.
+    keys = jax.random.split(rng, len(shapes) + (1 if self.global_kernel else 0))
     params = {}
     for key, (name, shape) in zip(keys, shapes.items()):
       k_w, k_u, k_v = jax.random.split(key, 3)
