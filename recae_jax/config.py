@@ -19,6 +19,13 @@ ACTIVATIONS = ("sigmoid", "relu", "selu", "elu", "tanh", "identity", "lrelu")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd", "momentum", "lbfgs")
 SCHEDULES = ("constant", "step", "cosine")
 SIDE_FEATURES = ("genre_counts", "user_attributes", "item_genres")
+# Options only these models read: changed from the default on any other
+# model they are a mistake (a one-line error), not a silently unused flag.
+MODEL_OPTIONS = {
+    "kernel_dim": ("sparse_fc", "glocal_k"), "kernel_l2": ("sparse_fc", "glocal_k"),
+    "global_kernel_size": ("glocal_k",), "dot_scale": ("glocal_k",),
+    "pretrain_epochs": ("glocal_k",),
+    "kl_gamma": ("recvae",), "enc_epochs": ("recvae",), "dec_epochs": ("recvae",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,18 +170,11 @@ class Config:
               "split; it has no refit (drop --refit)")
         if self.side_features:
           bad("side_features", "--model=glocal_k convolves the rating rows only")
-    else:  # options of the kernel models on any other model are a mistake
-      defaults = Config()
-      for name in ("kernel_dim", "kernel_l2", "global_kernel_size", "dot_scale",
-                   "pretrain_epochs"):
-        if getattr(self, name) != getattr(defaults, name):
-          bad(name, f"applies to --model=sparse_fc or glocal_k only (this run's "
-              f"model is {self.model})")
-    if self.model == "sparse_fc":
-      defaults = Config()
-      for name in ("global_kernel_size", "dot_scale", "pretrain_epochs"):
-        if getattr(self, name) != getattr(defaults, name):
-          bad(name, "applies to --model=glocal_k only (sparse_fc has no global kernel)")
+    defaults = Config()
+    for name, models in MODEL_OPTIONS.items():
+      if self.model not in models and getattr(self, name) != getattr(defaults, name):
+        bad(name, f"applies to --model={' or '.join(models)} only (this run's model "
+            f"is {self.model})")
     if self.schedule == "step" and self.decay_epochs <= 0:
       bad("decay_epochs", "must be > 0 with --schedule=step")
     for f in self.side_features:
@@ -229,11 +229,6 @@ class Config:
     if self.user_folds and not self.is_topn:
       bad("user_folds", f"rotates the top-N test users (--model={self.model} is a rating "
           "model; for rating runs over ML-100K's folds use experiments/folds.py)")
-    if self.model != "recvae":  # RecVAE's own knobs: an error, not silently unused
-      defaults = Config()
-      for name in ("kl_gamma", "enc_epochs", "dec_epochs"):
-        if getattr(self, name) != getattr(defaults, name):
-          bad(name, f"applies to --model=recvae only (this run's model is {self.model})")
     if self.kl_gamma < 0:
       bad("kl_gamma", f"must be >= 0, got {self.kl_gamma}")
     for name in ("enc_epochs", "dec_epochs"):

@@ -29,7 +29,7 @@ def _run(config: Config, workdir, *, resume, progress, dataset) -> dict:
       return topn.run(config, workdir, resume=resume, progress=progress,
                       protocol=topn.make_protocol(config, dataset))
     return topn.run(config, workdir, resume=resume, progress=progress)
-  if train.is_blend(config):
+  if config.is_blend:
     return blend.train_and_evaluate_blend(config, workdir, resume=resume,
                                           progress=progress, dataset=dataset)
   return train.train_and_evaluate(config, workdir, resume=resume, progress=progress,

@@ -25,7 +25,7 @@ import numpy as np
 from recae_jax import compute as compute_lib
 from recae_jax import engine, loop, memory, optim, sharding
 from recae_jax import workdir as wd
-from recae_jax.config import Config
+from recae_jax.config import MODEL_OPTIONS, Config
 from recae_jax.data.types import Dataset, Ratings
 from recae_jax.errors import UserError
 from recae_jax.models import build_model
@@ -244,10 +244,11 @@ def _pretrain_local_kernels(base: Config, configs, workdir, problem: Problem, *,
   starting parameters [K, ...]: those networks, and in `gconv_rowmean` the
   per-row means of their reconstructions of the training matrix (clipped to
   the rating scale), from which the global kernel is computed."""
-  kernel_only = {n: getattr(Config, n) for n in ("global_kernel_size", "dot_scale",
-                                                 "pretrain_epochs")}
+  # the options sparse_fc does not read go back to their defaults
+  unread = {n: getattr(Config, n) for n, models in MODEL_OPTIONS.items()
+            if "sparse_fc" not in models}
   local = lambda c: dataclasses.replace(c, model="sparse_fc", epochs=c.pretrain_epochs,
-                                        **kernel_only)
+                                        **unread)
   pre_dir = pathlib.Path(workdir) / "pretrain"
   pre_configs = [local(c) for c in configs]
   _, params_K = _train_members(
@@ -315,10 +316,6 @@ def _refit(base, task, seeds, order_seed, problem, batcher, mesh, hyper, best_ep
   return kept
 
 
-def is_blend(config: Config) -> bool:
-  return config.is_blend
-
-
 def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
                        progress: Callable[[str], None] = print,
                        problem: Optional[Problem] = None,
@@ -327,7 +324,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False,
   workdir and returns its metrics (also in workdir/metrics.json). Pass a
   `dataset` (e.g. from `recae_jax.data.from_frame`) to train on it."""
   config = config.validate()
-  if is_blend(config):
+  if config.is_blend:
     raise UserError("--ensemble/--blend_* runs are blends of several runs: use "
                     "recae_jax.blend.train_and_evaluate_blend (experiments/train.py does)")
   workdir = wd.ensure_writable(workdir)
