@@ -66,6 +66,14 @@ def low_rank_ratings(n_users=200, n_items=100, density=0.3, seed=0):
   return ds, split
 
 
+def write_ratings_csv(path, r, id_offset: int = 1):
+  """`r` (a Ratings) as a user,item,rating CSV at `path`, ids shifted by `id_offset`."""
+  path.write_text("user,item,rating\n" + "".join(
+      f"{u + id_offset},{i + id_offset},{int(x)}\n"
+      for u, i, x in zip(r.users, r.items, r.ratings)))
+  return path
+
+
 @pytest.fixture
 def tiny():
   return low_rank_ratings()

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import low_rank_ratings
+from conftest import low_rank_ratings, write_ratings_csv
 from recae_jax import compare, runs, topn
 from recae_jax.config import make_config
 from recae_jax.errors import UserError
@@ -66,8 +66,7 @@ def rating_runs(tmp_path_factory):
   ds, _ = low_rank_ratings(n_users=150, n_items=80)
   r = ds.ratings
   csv = root / "ratings.csv"
-  csv.write_text("user,item,rating\n" + "".join(
-      f"{u + 1},{i + 1},{int(x)}\n" for u, i, x in zip(r.users, r.items, r.ratings)))
+  write_ratings_csv(csv, r)
   base = dict(dataset=str(csv), split="random", epochs=3, layers=(16,),
               checkpoint_every=3)
   dirs = {}

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import write_ratings_csv
 from recae_jax import engine, optim, sweep, train
 from recae_jax.batching import DenseBatcher
 from recae_jax.config import make_config
@@ -186,8 +187,7 @@ def test_sweep_script_writes_workdir(tiny, tmp_path):
   dataset, _ = tiny
   r = dataset.ratings
   csv = tmp_path / "ratings.csv"
-  csv.write_text("user,item,rating\n" + "".join(
-      f"{u},{i},{int(x)}\n" for u, i, x in zip(r.users, r.items, r.ratings)))
+  write_ratings_csv(csv, r, id_offset=0)
   out = tmp_path / "sweep"
   res = subprocess.run([sys.executable, "experiments/sweep.py", "--preset=autorec",
                         f"--dataset={csv}", "--split=random", "--layers=8",

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import low_rank_ratings
+from conftest import low_rank_ratings, write_ratings_csv
 from recae_jax import engine, tasks, topn
 from recae_jax.errors import UserError
 
@@ -88,8 +88,7 @@ def test_topn_presets_of_train_script_with_resume(tmp_path):
   ds, _ = low_rank_ratings(n_users=300, n_items=160)
   r = ds.ratings
   csv = tmp_path / "ratings.csv"
-  csv.write_text("user,item,rating\n" + "".join(
-      f"{u + 1},{i + 1},{int(x)}\n" for u, i, x in zip(r.users, r.items, r.ratings)))
+  write_ratings_csv(csv, r)
   common = [sys.executable, "experiments/train.py", f"--dataset={csv}", "--threshold=3",
             "--n_test_users=40", "--n_valid_users=40", "--ks=10,20,50,100"]
 
@@ -124,8 +123,7 @@ def test_mult_sweep_members_match_lone_runs(tmp_path):
   ds, _ = low_rank_ratings(n_users=260, n_items=150)
   r = ds.ratings
   csv = tmp_path / "ratings.csv"
-  csv.write_text("user,item,rating\n" + "".join(
-      f"{u + 1},{i + 1},{int(x)}\n" for u, i, x in zip(r.users, r.items, r.ratings)))
+  write_ratings_csv(csv, r)
   base = make_config("mult_dae", dataset=str(csv), threshold=3.0, n_test_users=40,
                      n_valid_users=40, ks=(10, 100), batch_size=32, epochs=3,
                      eval_every=1, latent=16)

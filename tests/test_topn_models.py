@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import low_rank_ratings
+from conftest import low_rank_ratings, write_ratings_csv
 from recae_jax import engine, topn, topn_models
 from recae_jax.batching import DenseBatcher
 from recae_jax.errors import UserError
@@ -161,8 +161,7 @@ def test_recommend_from_workdir(tmp_path, model):
   ds, _ = low_rank_ratings(n_users=200, n_items=80, density=0.3, seed=2)
   r = ds.ratings
   csv = tmp_path / "ratings.csv"
-  csv.write_text("user,item,rating\n" + "".join(
-      f"{u + 1},{i + 1},{int(x)}\n" for u, i, x in zip(r.users, r.items, r.ratings)))
+  write_ratings_csv(csv, r)
   cfg = make_config(model, dataset=str(csv), threshold=3.0, n_test_users=30,
                     n_valid_users=30, ks=(10,), select_k=10, epochs=2, eval_every=1, latent=8,
                     **({"hidden": (16,), "enc_epochs": 1} if model == "recvae" else {}))

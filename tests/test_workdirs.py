@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import low_rank_ratings
+from conftest import low_rank_ratings, write_ratings_csv
 from recae_jax import recommend, restore, runs, sweep
 from recae_jax.config import make_config
 
@@ -23,8 +23,7 @@ def workdirs(tmp_path_factory):
   ds, _ = low_rank_ratings(n_users=260, n_items=150)
   r = ds.ratings
   csv = root / "ratings.csv"
-  csv.write_text("user,item,rating\n" + "".join(
-      f"{u + 1},{i + 1},{int(x)}\n" for u, i, x in zip(r.users, r.items, r.ratings)))
+  write_ratings_csv(csv, r)
   data = dict(dataset=str(csv), split="random", test_fraction=0.2, valid_fraction=0.1)
   quiet = lambda _: None
   ae = dict(layers=(16,), batch_size=32, epochs=3, learning_rate=1e-2, **data)
