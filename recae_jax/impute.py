@@ -43,17 +43,17 @@ ML-100K this is ~8x faster than lax.top_k over [user, item, W].
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import math
 import os
+import time
 from typing import Iterator, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-import time
 
 from recae_jax import baselines as bl_lib
 from recae_jax import similarity as sim_lib
@@ -68,6 +68,10 @@ ORIENTATIONS = ("user", "item")
 _ELEMENT_BUDGET = 1 << 24
 # Candidates per chunk of fill_matrix's top-k selection (fits in cache).
 _CHUNK_BUDGET = 1 << 21
+# Candidates per chunk of predict_pairs (ranks + similarities ~1 MB: cache).
+_PAIR_CHUNK = 1 << 17
+# Similarities per thread of the host ranking (smaller blocks stay on one).
+_RANK_SLICE = 1 << 19
 # predict_pairs with at most this many pairs uses power-of-two bucket widths.
 _FEW_PAIRS = 1 << 15
 
@@ -159,7 +163,9 @@ def _rater_buckets(rows: sim_lib._Rows, row_off: np.ndarray,
   users = np.repeat(np.arange(u, dtype=np.int32), rows.counts)
   items = rows.indices
   dev = rows.values - row_off[users] - col_off[items]
-  order = np.lexsort((users, items))  # by item, then user
+  # By item, then user: the CSR is already by user, so a stable sort on the
+  # item keeps each item's raters in user order (~4x faster than lexsort).
+  order = np.argsort(items, kind="stable")
   users, items, dev = users[order], items[order], dev[order]
   counts = np.bincount(items, minlength=rows.n_cols)
   starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -191,6 +197,21 @@ def _pad_rows(b: _Bucket, n_rows: int, n_users: int, n_items: int) -> _Bucket:
 
 
 def _neighbour_ranks(sim_BxU, row0: int) -> np.ndarray:
+  """_block_ranks over row slices in parallel threads (NumPy's sort and
+  elementwise loops release the GIL): the host ranking is most of
+  predict_pairs' fixed cost, and the device is idle meanwhile."""
+  s = np.asarray(sim_BxU, np.float32)
+  parts = min(os.cpu_count() or 1, -(-s.size // _RANK_SLICE))
+  if parts <= 1:
+    return _block_ranks(s, row0)
+  step = -(-len(s) // parts)
+  starts = range(0, len(s), step)
+  with concurrent.futures.ThreadPoolExecutor(parts) as pool:
+    return np.concatenate(list(pool.map(
+        lambda a: _block_ranks(s[a:a + step], row0 + a), starts)))
+
+
+def _block_ranks(sim_BxU: np.ndarray, row0: int) -> np.ndarray:
   """[B, U + 1] position of every user in each row's neighbour order.
 
   0 = most similar; equal similarities rank the lower user index first (the
@@ -203,15 +224,23 @@ def _neighbour_ranks(sim_BxU, row0: int) -> np.ndarray:
   """
   s = np.asarray(sim_BxU, np.float32) + np.float32(0)  # -0.0 -> +0.0
   b, u = s.shape
+  # key = (descending similarity bits) << 32 | user, written straight into
+  # the two int32 halves of each int64 (no int64 temporaries).
   bits = s.view(np.int32)
-  ascending = np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits)
-  key = (~ascending).astype(np.int64) << 32  # most similar first
-  key |= np.arange(u, dtype=np.int64)        # then the lower user index
+  desc = bits >> 31                  # -1 for negatives, else 0
+  desc &= np.int32(0x7FFFFFFF)
+  desc ^= bits                       # ascending in the float's order
+  np.invert(desc, out=desc)          # most similar first
+  key = np.empty((b, u), np.int64)
+  halves = key.view(np.int32).reshape(b, u, 2)
+  low, high = (0, 1) if np.little_endian else (1, 0)
+  halves[:, :, high], halves[:, :, low] = desc, np.arange(u, dtype=np.int32)
   key.sort(axis=1)
+  order = halves[:, :, low]  # users, most similar first
   dtype = np.int16 if u < np.iinfo(np.int16).max else np.int32
   rank = np.empty((b, u + 1), dtype)
-  np.put_along_axis(rank, (key & 0xFFFFFFFF).astype(np.int64),
-                    np.arange(u, dtype=dtype)[None, :], axis=1)
+  flat = order + (np.arange(b, dtype=np.int64) * (u + 1))[:, None]
+  rank.ravel()[flat.ravel()] = np.tile(np.arange(u, dtype=dtype), b)
   rows = np.arange(b)
   own = rows[row0 + rows < u]
   rank[own, row0 + own] = u
@@ -311,11 +340,32 @@ def _bucket_sums(rank_U1xB, sim_U1xB, idx_PxW, dev_PxW, rule: _Rule, k,
   return tuple(o.reshape(p, -1) for o in out)
 
 
-@functools.partial(jax.jit, static_argnames=("rule", "k"))
-def _pair_sums(rank_BxU1, sim_BxU1, lu, slot, idx, dev, rule: _Rule, k):
-  cand = idx[slot]  # [n, W] raters of each pair's item
-  return _topk_sums(rank_BxU1[lu[:, None], cand], sim_BxU1[lu[:, None], cand],
-                    dev[slot], rule, k, rank_BxU1.shape[1] - 1, axis=-1)
+@functools.partial(jax.jit, static_argnames=("rule", "k", "chunk"))
+def _pair_sums(rank_BxU1, sim_BxU1, row0, lu, slot, idx, dev, rule: _Rule, k,
+               chunk: int):
+  """[3, n] num/den/cnt of n pairs (block row lu, item slot) of one bucket.
+
+  Pairs go `chunk` at a time so the candidates' ranks stay in cache through
+  the ~log2(U) passes of the rank bisection (2x faster than one pass over
+  all pairs); flat 1-D gathers are ~2x faster than 2-D ones on CPU.
+  """
+  n_ranks = rank_BxU1.shape[1] - 1
+  ranks, sims = rank_BxU1.ravel(), sim_BxU1.ravel()
+  all_raters = k is None or idx.shape[1] <= k
+
+  def one(args):
+    lu, slot = args
+    cand = idx[slot]  # [chunk, W] raters of each pair's item
+    flat = lu[:, None] * (n_ranks + 1) + cand
+    sim = jnp.take(sims, flat, mode="clip")
+    if all_raters:  # no ranks to gather: every rater but the row itself
+      take = (cand < n_ranks) & (cand != (row0 + lu)[:, None])
+      return jnp.stack(_sums(jnp.where(take, _weights(sim, rule), 0.0), dev[slot], rule))
+    return jnp.stack(_topk_sums(jnp.take(ranks, flat, mode="clip"), sim, dev[slot], rule,
+                                k, n_ranks, axis=-1))
+
+  out = jax.lax.map(one, (lu.reshape(-1, chunk), slot.reshape(-1, chunk)))
+  return out.transpose(1, 0, 2).reshape(3, -1)
 
 
 def _finish(num, den, cnt, base, cfg: KNNConfig, scale):
@@ -589,9 +639,10 @@ def predict_pairs(train: Ratings, users: Sequence[int], items: Sequence[int],
       lu[:len(p)] = users[p] - start
       sl[:len(p)] = slot[items[p]]
       idx, dev = dev_idx[j]
-      out = _pair_sums(rank, sim_ext, jnp.asarray(lu), jnp.asarray(sl), idx,
-                       dev, _Rule.of(cfg), prep.k)
-      num[p], den[p], cnt[p] = (np.asarray(a)[:len(p)] for a in out)
+      chunk = min(size, 1 << max(0, (_PAIR_CHUNK // idx.shape[1]).bit_length() - 1))
+      out = _pair_sums(rank, sim_ext, start, lu, sl, idx, dev, _Rule.of(cfg),
+                       prep.k, chunk)
+      num[p], den[p], cnt[p] = np.asarray(out)[:, :len(p)]
   pred, fall = _finish(num, den, cnt, prep.row_off[users] + prep.col_off[items],
                        cfg, prep.scale)
   return pred, int(fall.sum())

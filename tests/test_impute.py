@@ -140,6 +140,20 @@ def test_neighbour_ranks_order_ties_and_self():
   np.testing.assert_array_equal(rank[1], [1, 5, 2, 0, 4, 5])
 
 
+def test_neighbour_ranks_threaded_equal_one_pass(monkeypatch):
+  """Row slices ranked in threads give exactly the one-pass ranks, ties,
+  negative zeros and the self entries (row0 > 0) included."""
+  rng = np.random.default_rng(3)
+  sim = np.round(rng.standard_normal((37, 50)), 1).astype(np.float32)
+  sim[sim == 0] = -0.0
+  one = impute._block_ranks(sim, row0=5)
+  monkeypatch.setattr(impute, "_RANK_SLICE", 200)
+  monkeypatch.setattr(impute.os, "cpu_count", lambda: 4)
+  np.testing.assert_array_equal(impute._neighbour_ranks(sim, row0=5), one)
+  # Each row is a permutation of 0..U-1 except the self/padding entries.
+  assert (one[np.arange(37), 5 + np.arange(37)] == 50).all()
+
+
 def test_rounding_and_scale():
   r, m, train = _train(seed=2, integer=False)
   sim = S.similarity_matrix(train).astype(np.float64)
