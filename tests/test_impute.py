@@ -87,17 +87,22 @@ def test_matches_knn_with_means_reference(k, positive_only, min_k,
 
 def test_selection_across_chunks_blocks_and_ties(monkeypatch):
   """Many users, few items (so many exactly tied similarities), several user
-  blocks and a tiny chunk budget: the rank bisection picks exactly the
-  reference's k raters (ties to the lower user index)."""
+  blocks and tiny chunk budgets: the rank bisection picks exactly the
+  reference's k raters (ties to the lower user index), in fills and pairs."""
   r, m, train = _train(seed=4, u=70, i=6)
   sim = S.similarity_matrix(train).astype(np.float64)
   assert len(np.unique(sim)) < sim.size / 4  # ties really are common
   monkeypatch.setattr(impute, "_CHUNK_BUDGET", 64)
+  monkeypatch.setattr(impute, "_PAIR_CHUNK", 64)  # predict_pairs: many chunks
+  uu, ii = np.indices(r.shape)
   for k in (3, 20):
     ref = _reference(r, m, sim, k, False, 1, "abs", (1, 5))
     got = impute.fill_matrix(train, keep_observed=False, block_size=16,
                              neighbors=k)
     np.testing.assert_allclose(got, ref, atol=2e-5)
+    pred, _ = impute.predict_pairs(train, uu.ravel(), ii.ravel(), block_size=16,
+                                   neighbors=k)
+    np.testing.assert_allclose(pred, ref.ravel(), atol=2e-5)
 
 
 def test_fill_blocks_and_save_filled(tmp_path, monkeypatch):
