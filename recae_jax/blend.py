@@ -5,14 +5,19 @@ on validation data only.
 same validation carve-out) as the members of one engine (one compiled epoch
 for all K, see `train.train_members`) and averages their predictions. The
 blend then fits one linear combination (with intercept) of the components'
-validation predictions — the member average, optionally U-AutoRec, a
-kernel model (sparse_fc / glocal_k) and the neighbourhood model — by least squares, and applies it to their test
-predictions. Test ratings never influence a weight.
+validation predictions — the member average, optionally U-AutoRec, a kernel
+model (sparse_fc / glocal_k, averaged over `blend_kernel_seeds` seeds) and
+the neighbourhood model — by least squares, and applies it to their test
+predictions. With `blend_support` each weight is linear in the pair's log
+user and item support (feature-weighted linear stacking: models that need
+more data get more weight where there is more). Test ratings never
+influence a weight.
 
 The members live in `workdir/members/` (their checkpoints there, each
 member's files in `members/mK`), U-AutoRec in `members/uautorec`, the
-kernel model in `members/sparse_fc` or `members/glocal_k`, so
-`--resume` continues an interrupted blend and reuses finished parts.
+kernel model in `members/sparse_fc` or `members/glocal_k` (K seeds:
+`members/sparse_fc_xK/sJ`), so `--resume` continues an interrupted blend
+and reuses finished parts.
 """
 
 from __future__ import annotations
@@ -45,16 +50,39 @@ def _predictions(d: pathlib.Path) -> dict:
           "valid": np.load(d / "valid_pred.npy"), "test": np.load(d / "test_pred.npy")}
 
 
-def fit_blend(valid_preds: np.ndarray, valid_target: np.ndarray) -> np.ndarray:
-  """Least-squares weights [intercept, w_1..w_C] for C components (rows = pairs)."""
-  x = np.column_stack([np.ones(len(valid_target)), valid_preds])
+def fit_blend(valid_preds: np.ndarray, valid_target: np.ndarray,
+              meta: np.ndarray | None = None) -> np.ndarray:
+  """Least-squares weights for C components (rows = pairs).
+
+  Without `meta`: [intercept, w_1..w_C]. With meta [pairs, F] (column 0 all
+  ones): feature-weighted linear stacking (Sill et al. 2009), each weight
+  linear in the F features: F intercepts, then w[c, f] for c, f in order.
+  """
+  x = _design(valid_preds, meta)
   coef, *_ = np.linalg.lstsq(x.astype(np.float64), valid_target.astype(np.float64),
                              rcond=None)
   return coef
 
 
-def apply_blend(coef: np.ndarray, preds: np.ndarray) -> np.ndarray:
-  return coef[0] + preds @ coef[1:]
+def apply_blend(coef: np.ndarray, preds: np.ndarray,
+                meta: np.ndarray | None = None) -> np.ndarray:
+  return _design(preds, meta) @ coef
+
+
+def _design(preds: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
+  meta = np.ones((len(preds), 1)) if meta is None else meta
+  return np.column_stack([meta] + [preds[:, [c]] * meta for c in range(preds.shape[1])])
+
+
+def support_features(fit, pairs, center: np.ndarray | None = None) -> tuple:
+  """[1, log1p(n_u), log1p(n_i)] of each pair, n counted in the fit ratings,
+  centred and scaled by `center` ([2, 2]: mean, std; default: these pairs')."""
+  n_u = np.bincount(fit.users, minlength=fit.n_users)
+  n_i = np.bincount(fit.items, minlength=fit.n_items)
+  z = np.column_stack([np.log1p(n_u[pairs.users]), np.log1p(n_i[pairs.items])])
+  if center is None:
+    center = np.stack([z.mean(0), np.maximum(z.std(0), 1e-6)])
+  return np.column_stack([np.ones(len(z)), (z - center[0]) / center[1]]), center
 
 
 def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
@@ -68,44 +96,25 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
   wd.write_json(workdir / "provenance.json", wd.provenance(dataset.files))
   lo, hi = dataset.rating_scale
   base = config.blend_member()
-  seeds = [dataclasses.replace(base, seed=config.seed + k) for k in range(config.ensemble)]
   dirs = [workdir / "members" / f"m{k}" for k in range(config.ensemble)]
-  if resume and _finished(dirs):
-    progress("members: finished earlier, reusing their predictions")
-  else:
-    progress(f"== {config.ensemble} member(s), seeds {config.seed}..{config.seed + config.ensemble - 1}")
-    train.train_members(base, seeds, workdir / "members", member_dirs=dirs,
-                        labels=[d.name for d in dirs], resume=resume, progress=progress,
-                        problem=build_problem(base, dataset, split),
-                        config_json={"base": base.to_json(),
-                                     "members": [c.to_json() for c in seeds]},
-                        shared_order=False)  # independent members: each its own order
-  members = [_predictions(d) for d in dirs]
-  components: dict[str, dict] = {
-      "autoencoder_mean": {"valid": np.mean([m["valid"] for m in members], axis=0),
-                           "test": np.mean([m["test"] for m in members], axis=0)}}
+  members = _seed_ensemble(base, config.ensemble, workdir / "members", dirs, "members",
+                           dataset, split, resume, progress)
+  components: dict[str, dict] = {"autoencoder_mean": _mean(members)}
   if config.blend_uautorec:
     ucfg = make_config("uautorec", **{f: getattr(config, f) for f in _DATA_FIELDS},
                        seed=config.seed, refit=config.refit)
-    udir = workdir / "members" / "uautorec"
-    if resume and _finished([udir]):
-      progress("U-AutoRec component: finished earlier, reusing its predictions")
-    else:
-      progress("== U-AutoRec component")
-      train.train_and_evaluate(ucfg, udir, resume=resume, progress=progress,
-                               problem=build_problem(ucfg, dataset, split))
-    components["uautorec"] = _predictions(udir)
+    components["uautorec"] = _seed_ensemble(ucfg, 1, workdir / "members" / "uautorec",
+                                            None, "U-AutoRec component", dataset, split,
+                                            resume, progress)[0]
   if config.blend_kernel:
     kcfg = make_config(config.blend_kernel, **{f: getattr(config, f) for f in _DATA_FIELDS},
                        seed=config.seed)
-    kdir = workdir / "members" / config.blend_kernel
-    if resume and _finished([kdir]):
-      progress(f"{config.blend_kernel} component: finished earlier, reusing its predictions")
-    else:
-      progress(f"== {config.blend_kernel} component")
-      train.train_and_evaluate(kcfg, kdir, resume=resume, progress=progress,
-                               problem=build_problem(kcfg, dataset, split))
-    components[config.blend_kernel] = _predictions(kdir)
+    n = config.blend_kernel_seeds
+    kdir = workdir / "members" / (config.blend_kernel + (f"_x{n}" if n > 1 else ""))
+    kdirs = [kdir / f"s{j}" for j in range(n)] if n > 1 else None
+    components[config.blend_kernel] = _mean(_seed_ensemble(
+        kcfg, n, kdir, kdirs, f"{config.blend_kernel} component", dataset, split, resume,
+        progress))
   if config.blend_knn:
     progress("== neighbourhood (KNN) component")
     components["knn"] = _knn_component(split, dataset.rating_scale, progress)
@@ -114,9 +123,19 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
   names = list(components)
   v = np.column_stack([components[n]["valid"] for n in names])
   t = np.column_stack([components[n]["test"] for n in names])
-  coef = fit_blend(v, valid_t) if len(names) > 1 else np.array([0.0, 1.0])
-  valid_pred = np.clip(apply_blend(coef, v), lo, hi)
-  test_pred = np.clip(apply_blend(coef, t), lo, hi)
+  meta_v = meta_t = None
+  if config.blend_support:  # features from the fit split's counts (no test rating)
+    meta_v, center = support_features(split.train, split.valid)
+    meta_t, _ = support_features(split.train, split.test, center)
+  if len(names) > 1 or meta_v is not None:
+    coef = fit_blend(v, valid_t, meta_v)
+  else:
+    coef = np.array([0.0, 1.0])
+  valid_pred = np.clip(apply_blend(coef, v, meta_v), lo, hi)
+  test_pred = np.clip(apply_blend(coef, t, meta_t), lo, hi)
+  n_meta = 1 if meta_v is None else meta_v.shape[1]
+  # Weights at the average validation pair (the features' means are 0).
+  weights = dict(zip(["intercept"] + names, coef[::n_meta].tolist()))
   te, ve = rating_errors(test_pred, test_t), rating_errors(valid_pred, valid_t)
   per_component = {n: {"valid_rmse": rating_errors(components[n]["valid"], valid_t)["rmse"],
                        "test_rmse": rating_errors(components[n]["test"], test_t)["rmse"]}
@@ -126,7 +145,11 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
   results = {
       "test_rmse": te["rmse"], "test_mae": te["mae"], "valid_rmse": ve["rmse"],
       "best_epoch": [m["metrics"]["best_epoch"] for m in members],
-      "blend_weights": dict(zip(["intercept"] + names, coef.tolist())),
+      "blend_weights": weights,
+      **({"blend_support_weights": {
+          n: dict(zip(("mean", "log_user_support", "log_item_support"),
+                      coef[n_meta * j:n_meta * (j + 1)].tolist()))
+          for j, n in enumerate(["intercept"] + names)}} if meta_v is not None else {}),
       "components": per_component, "member_test_rmse": per_member,
       **({"knn_choice": components["knn"]["choice"]} if "knn" in components else {}),
       "n_train": first["n_train"], "n_fit": first["n_fit"], "n_valid": first["n_valid"],
@@ -143,6 +166,35 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
   progress(f"ensemble of {len(names)} component(s): test RMSE {te['rmse']:.4f} "
            f"MAE {te['mae']:.4f}; weights {results['blend_weights']}")
   return results
+
+
+def _mean(runs: list[dict]) -> dict:
+  return {"valid": np.mean([r["valid"] for r in runs], axis=0),
+          "test": np.mean([r["test"] for r in runs], axis=0)}
+
+
+def _seed_ensemble(cfg: Config, n: int, workdir: pathlib.Path, dirs, what: str, dataset,
+                   split, resume: bool, progress) -> list[dict]:
+  """n runs of cfg with seeds cfg.seed.. (each its own batch order) as the
+  members of one engine, in `dirs` under `workdir`; dirs=None: one lone run
+  in `workdir` itself. Reused when finished and resuming."""
+  done = [workdir] if dirs is None else dirs
+  if resume and _finished(done):
+    progress(f"{what}: finished earlier, reusing the predictions")
+  elif dirs is None:
+    progress(f"== {what}")
+    train.train_and_evaluate(cfg, workdir, resume=resume, progress=progress,
+                             problem=build_problem(cfg, dataset, split))
+  else:
+    seeds = [dataclasses.replace(cfg, seed=cfg.seed + k) for k in range(n)]
+    progress(f"== {what}: {n} seed(s), {cfg.seed}..{cfg.seed + n - 1}")
+    train.train_members(cfg, seeds, workdir, member_dirs=dirs, labels=[d.name for d in dirs],
+                        resume=resume, progress=progress,
+                        problem=build_problem(cfg, dataset, split),
+                        config_json={"base": cfg.to_json(),
+                                     "members": [c.to_json() for c in seeds]},
+                        shared_order=False)  # independent members: each its own order
+  return [_predictions(d) for d in done]
 
 
 def _knn_component(split, rating_scale, progress) -> dict:

@@ -115,6 +115,8 @@ class Config:
   blend_uautorec: bool = False     # add a U-AutoRec component to the blend
   blend_knn: bool = False          # add the Pearson user-KNN to the blend
   blend_kernel: str = ""           # add a kernel model to the blend: sparse_fc or glocal_k (its preset)
+  blend_kernel_seeds: int = 1      # the kernel component averages this many seeds (one engine run)
+  blend_support: bool = False      # blend weights vary linearly with log user/item support in the fit split (feature-weighted stacking)
 
   @property
   def is_blend(self) -> bool:
@@ -125,7 +127,7 @@ class Config:
   def blend_member(self) -> "Config":
     """One member of this blend's seed ensemble: the blend options off."""
     return dataclasses.replace(self, ensemble=1, blend_uautorec=False, blend_knn=False,
-                               blend_kernel="")
+                               blend_kernel="", blend_kernel_seeds=1, blend_support=False)
 
   @property
   def is_topn(self) -> bool:
@@ -222,6 +224,14 @@ class Config:
       bad("ease_lambdas", f"must be positive, got {self.ease_lambdas}")
     if self.blend_kernel not in ("", "sparse_fc", "glocal_k"):
       bad("blend_kernel", f"must be sparse_fc or glocal_k, got {self.blend_kernel!r}")
+    if self.blend_kernel_seeds < 1:
+      bad("blend_kernel_seeds", f"must be >= 1, got {self.blend_kernel_seeds}")
+    if self.blend_support and not self.is_blend:
+      bad("blend_support", "weights the components of a blend: add components "
+          "(--ensemble, --blend_uautorec, --blend_knn or --blend_kernel)")
+    if self.blend_kernel_seeds > 1 and not self.blend_kernel:
+      bad("blend_kernel_seeds", "averages the seeds of the kernel component: also set "
+          "--blend_kernel=sparse_fc or glocal_k")
     if not self.ks or any(k <= 0 for k in self.ks):
       bad("ks", f"must be positive, got {self.ks}")
     if self.user_folds < 0 or self.user_folds == 1:
@@ -335,7 +345,8 @@ PRESETS["glocal_k"] = dict(PRESETS["sparse_fc"], model="glocal_k", pretrain_epoc
                            epochs=300, global_kernel_size=3, dot_scale=1.0)
 # The project's most accurate rating model (see README "What helped").
 PRESETS["best"] = dict(PRESETS["autorec"], ensemble=5, refit=True, blend_uautorec=True,
-                       blend_knn=True, blend_kernel="sparse_fc")
+                       blend_knn=True, blend_kernel="sparse_fc", blend_kernel_seeds=5,
+                       blend_support=True)
 
 
 def make_config(preset: Optional[str] = None, **overrides) -> Config:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -188,3 +189,54 @@ def test_a_kernel_model_is_a_blend_component(tiny, tmp_path, monkeypatch):
   assert res["valid_rmse"] <= min(c["valid_rmse"] for c in res["components"].values()) + 1e-6
   with pytest.raises(UserError, match="--blend_kernel"):
     make_config("autorec", blend_kernel="autorec")
+  # Several kernel seeds: one engine run whose members are averaged, and
+  # support-weighted blending; seed 0 is the component above.
+  config2 = dataclasses.replace(config, blend_kernel_seeds=2, blend_support=True)
+  res2 = blend.train_and_evaluate_blend(config2, tmp_path / "x2", dataset=dataset)
+  kdir = tmp_path / "x2" / "members" / "sparse_fc_x2"
+  s0, s1 = (np.load(kdir / s / "test_pred.npy") for s in ("s0", "s1"))
+  np.testing.assert_allclose(s0, np.load(tmp_path / "members" / "sparse_fc" / "test_pred.npy"),
+                             atol=1e-5)
+  assert np.abs(s0 - s1).max() > 1e-3  # the seeds differ
+  _, split = load_split(config, dataset)
+  want = np.sqrt(np.mean(((s0 + s1) / 2 - split.test.ratings) ** 2))
+  assert res2["components"]["sparse_fc"]["test_rmse"] == pytest.approx(want, abs=1e-4)
+  assert set(res2["blend_support_weights"]["sparse_fc"]) == {
+      "mean", "log_user_support", "log_item_support"}
+  assert set(res2["blend_weights"]) == set(res["blend_weights"])
+
+
+def test_blend_option_errors():
+  with pytest.raises(UserError, match="--blend_kernel_seeds.*--blend_kernel"):
+    make_config("autorec", blend_kernel_seeds=3)
+  with pytest.raises(UserError, match="--blend_kernel_seeds: must be >= 1"):
+    make_config("autorec", blend_kernel="sparse_fc", blend_kernel_seeds=0)
+  with pytest.raises(UserError, match="--blend_support: weights the components of a blend"):
+    make_config("autorec", blend_support=True)
+
+
+def test_support_weighted_blend_recovers_weights_that_vary_with_support():
+  from recae_jax import blend
+  rng = np.random.default_rng(0)
+  n = 2000
+  preds = rng.uniform(1, 5, (n, 2))
+  meta = np.column_stack([np.ones(n), rng.standard_normal((n, 2))])
+  w = np.array([[0.2, 0.0, 0.1],      # intercept's [mean, user, item] terms
+                [0.6, 0.1, -0.05],    # component 1
+                [0.3, -0.1, 0.05]])   # component 2
+  target = meta @ w[0] + (preds[:, 0] * (meta @ w[1])) + (preds[:, 1] * (meta @ w[2]))
+  coef = blend.fit_blend(preds, target, meta)
+  np.testing.assert_allclose(coef, w.ravel(), atol=1e-8)
+  np.testing.assert_allclose(blend.apply_blend(coef, preds, meta), target, atol=1e-8)
+  # without features it is the plain intercept + weights least squares
+  plain = blend.fit_blend(preds, target)
+  x = np.column_stack([np.ones(n), preds])
+  np.testing.assert_allclose(plain, np.linalg.lstsq(x, target, rcond=None)[0], atol=1e-8)
+  # the features of held-out pairs use the fitting pairs' centring
+  from recae_jax.data.types import Ratings
+  fit = Ratings(np.array([0, 0, 1]), np.array([0, 1, 1]), np.ones(3), np.zeros(3, int), 2, 2)
+  pairs = Ratings(np.array([0, 1]), np.array([1, 0]), np.ones(2), np.zeros(2, int), 2, 2)
+  m, center = blend.support_features(fit, pairs)
+  np.testing.assert_allclose(m.mean(0), [1, 0, 0], atol=1e-12)
+  m2, _ = blend.support_features(fit, pairs, center)
+  np.testing.assert_array_equal(m, m2)
