@@ -74,9 +74,14 @@ def _design(preds: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
   return np.column_stack([meta] + [preds[:, [c]] * meta for c in range(preds.shape[1])])
 
 
+# The columns of support_features, as metrics.json's blend_support_weights names them.
+SUPPORT_TERMS = ("mean", "log_user_support", "log_item_support")
+
+
 def support_features(fit, pairs, center: np.ndarray | None = None) -> tuple:
-  """[1, log1p(n_u), log1p(n_i)] of each pair, n counted in the fit ratings,
-  centred and scaled by `center` ([2, 2]: mean, std; default: these pairs')."""
+  """[1, log1p(n_u), log1p(n_i)] of each pair (SUPPORT_TERMS), n counted in
+  the fit ratings, the last two centred and scaled by `center` ([2, 2]: mean,
+  std; default: these pairs')."""
   n_u = np.bincount(fit.users, minlength=fit.n_users)
   n_i = np.bincount(fit.items, minlength=fit.n_items)
   z = np.column_stack([np.log1p(n_u[pairs.users]), np.log1p(n_i[pairs.items])])
@@ -147,8 +152,7 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
       "best_epoch": [m["metrics"]["best_epoch"] for m in members],
       "blend_weights": weights,
       **({"blend_support_weights": {
-          n: dict(zip(("mean", "log_user_support", "log_item_support"),
-                      coef[n_meta * j:n_meta * (j + 1)].tolist()))
+          n: dict(zip(SUPPORT_TERMS, coef[n_meta * j:n_meta * (j + 1)].tolist()))
           for j, n in enumerate(["intercept"] + names)}} if meta_v is not None else {}),
       "components": per_component, "member_test_rmse": per_member,
       **({"knn_choice": components["knn"]["choice"]} if "knn" in components else {}),
