@@ -5,8 +5,8 @@ on validation data only.
 same validation carve-out) as the members of one engine (one compiled epoch
 for all K, see `train.train_members`) and averages their predictions. The
 blend then fits one linear combination (with intercept) of the components'
-validation predictions — the member average, optionally U-AutoRec, a kernel
-model (sparse_fc / glocal_k, averaged over `blend_kernel_seeds` seeds) and
+validation predictions — the member average, optionally U-AutoRec, kernel
+models (sparse_fc and/or glocal_k, each averaged over its `blend_kernel_seeds`) and
 the neighbourhood model — by least squares, and applies it to their test
 predictions. With `blend_support` each weight is linear in the pair's log
 user and item support (feature-weighted linear stacking: models that need
@@ -15,7 +15,7 @@ influence a weight.
 
 The members live in `workdir/members/` (their checkpoints there, each
 member's files in `members/mK`), U-AutoRec in `members/uautorec`, the
-kernel model in `members/sparse_fc` or `members/glocal_k` (K seeds:
+kernel models in `members/sparse_fc` and `members/glocal_k` (K seeds:
 `members/sparse_fc_xK/sJ`), so `--resume` continues an interrupted blend
 and reuses finished parts.
 """
@@ -111,15 +111,13 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
     components["uautorec"] = _seed_ensemble(ucfg, 1, workdir / "members" / "uautorec",
                                             None, "U-AutoRec component", dataset, split,
                                             resume, progress)[0]
-  if config.blend_kernel:
-    kcfg = make_config(config.blend_kernel, **{f: getattr(config, f) for f in _DATA_FIELDS},
+  for kernel, n in config.kernel_components:
+    kcfg = make_config(kernel, **{f: getattr(config, f) for f in _DATA_FIELDS},
                        seed=config.seed)
-    n = config.blend_kernel_seeds
-    kdir = workdir / "members" / (config.blend_kernel + (f"_x{n}" if n > 1 else ""))
+    kdir = workdir / "members" / (kernel + (f"_x{n}" if n > 1 else ""))
     kdirs = [kdir / f"s{j}" for j in range(n)] if n > 1 else None
-    components[config.blend_kernel] = _mean(_seed_ensemble(
-        kcfg, n, kdir, kdirs, f"{config.blend_kernel} component", dataset, split, resume,
-        progress))
+    components[kernel] = _mean(_seed_ensemble(kcfg, n, kdir, kdirs, f"{kernel} component",
+                                              dataset, split, resume, progress))
   if config.blend_knn:
     progress("== neighbourhood (KNN) component")
     components["knn"] = _knn_component(split, dataset.rating_scale, progress)

@@ -114,8 +114,8 @@ class Config:
   ensemble: int = 1                # members trained with seeds seed..seed+K-1
   blend_uautorec: bool = False     # add a U-AutoRec component to the blend
   blend_knn: bool = False          # add the Pearson user-KNN to the blend
-  blend_kernel: str = ""           # add a kernel model to the blend: sparse_fc or glocal_k (its preset)
-  blend_kernel_seeds: int = 1      # the kernel component averages this many seeds (one engine run)
+  blend_kernel: tuple[str, ...] = ()  # add kernel models to the blend, each one component: sparse_fc and/or glocal_k (their presets)
+  blend_kernel_seeds: tuple[int, ...] = (1,)  # each kernel component averages this many seeds (one engine run); one count for all, or one per --blend_kernel model
   blend_support: bool = False      # blend weights vary linearly with log user/item support in the fit split (feature-weighted stacking)
 
   @property
@@ -127,7 +127,15 @@ class Config:
   def blend_member(self) -> "Config":
     """One member of this blend's seed ensemble: the blend options off."""
     return dataclasses.replace(self, ensemble=1, blend_uautorec=False, blend_knn=False,
-                               blend_kernel="", blend_kernel_seeds=1, blend_support=False)
+                               blend_kernel=(), blend_kernel_seeds=(1,), blend_support=False)
+
+  @property
+  def kernel_components(self) -> list[tuple[str, int]]:
+    """(model, seeds) of each kernel component of the blend."""
+    seeds = self.blend_kernel_seeds
+    if len(seeds) == 1:
+      seeds = seeds * len(self.blend_kernel)
+    return list(zip(self.blend_kernel, seeds))
 
   @property
   def is_topn(self) -> bool:
@@ -222,14 +230,20 @@ class Config:
         bad(name, f"must be >= 0, got {getattr(self, name)}")
     if not self.ease_lambdas or any(lam <= 0 for lam in self.ease_lambdas):
       bad("ease_lambdas", f"must be positive, got {self.ease_lambdas}")
-    if self.blend_kernel not in ("", "sparse_fc", "glocal_k"):
-      bad("blend_kernel", f"must be sparse_fc or glocal_k, got {self.blend_kernel!r}")
-    if self.blend_kernel_seeds < 1:
+    for name in self.blend_kernel:
+      if name not in ("sparse_fc", "glocal_k"):
+        bad("blend_kernel", f"must be sparse_fc and/or glocal_k, got {name!r}")
+    if len(set(self.blend_kernel)) < len(self.blend_kernel):
+      bad("blend_kernel", f"names a model twice: {','.join(self.blend_kernel)}")
+    if not self.blend_kernel_seeds or min(self.blend_kernel_seeds) < 1:
       bad("blend_kernel_seeds", f"must be >= 1, got {self.blend_kernel_seeds}")
+    if len(self.blend_kernel_seeds) not in (1, max(1, len(self.blend_kernel))):
+      bad("blend_kernel_seeds", f"gives {len(self.blend_kernel_seeds)} counts for "
+          f"{len(self.blend_kernel)} --blend_kernel model(s): give one count, or one per model")
     if self.blend_support and not self.is_blend:
       bad("blend_support", "weights the components of a blend: add components "
           "(--ensemble, --blend_uautorec, --blend_knn or --blend_kernel)")
-    if self.blend_kernel_seeds > 1 and not self.blend_kernel:
+    if max(self.blend_kernel_seeds) > 1 and not self.blend_kernel:
       bad("blend_kernel_seeds", "averages the seeds of the kernel component: also set "
           "--blend_kernel=sparse_fc or glocal_k")
     if not self.ks or any(k <= 0 for k in self.ks):
@@ -345,7 +359,7 @@ PRESETS["glocal_k"] = dict(PRESETS["sparse_fc"], model="glocal_k", pretrain_epoc
                            epochs=300, global_kernel_size=3, dot_scale=1.0)
 # The project's most accurate rating model (see README "What helped").
 PRESETS["best"] = dict(PRESETS["autorec"], ensemble=5, refit=True, blend_uautorec=True,
-                       blend_knn=True, blend_kernel="sparse_fc", blend_kernel_seeds=5,
+                       blend_knn=True, blend_kernel=("sparse_fc",), blend_kernel_seeds=(5,),
                        blend_support=True)
 
 
@@ -362,7 +376,7 @@ def make_config(preset: Optional[str] = None, **overrides) -> Config:
       raise UserError(f"unknown config field {k!r}")
     values[k] = v
   kinds = {"layers": int, "side_features": str, "hidden": int, "ease_lambdas": float,
-           "ks": int}
+           "ks": int, "blend_kernel": str, "blend_kernel_seeds": int}
   for k, kind in kinds.items():
     if k in values and not isinstance(values[k], tuple):
       values[k] = _as_tuple(values[k], kind)
@@ -372,6 +386,8 @@ def make_config(preset: Optional[str] = None, **overrides) -> Config:
 def _as_tuple(value, kind) -> tuple:
   if isinstance(value, str):
     value = [v for v in value.replace(" ", "").split(",") if v]
+  elif isinstance(value, (int, float)):  # one number (a config.json written before it was a list)
+    value = [value]
   try:
     return tuple(kind(v) for v in value)
   except ValueError:

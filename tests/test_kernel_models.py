@@ -12,7 +12,7 @@ import pytest
 from scipy import signal
 
 from recae_jax import batching, engine, losses, recommend, train
-from recae_jax.config import make_config
+from recae_jax.config import load_config, make_config
 from recae_jax.data import sparse
 from recae_jax.errors import UserError
 from recae_jax.models import DenseInput, build_model
@@ -179,7 +179,7 @@ def test_a_kernel_model_is_a_blend_component(tiny, tmp_path, monkeypatch):
                       dict(config_lib.PRESETS["sparse_fc"], **SMALL))  # a quick component
   config = make_config("autorec", layers=(8,), epochs=3, patience=0, split="random",
                        blend_kernel="sparse_fc")
-  assert config.is_blend and config.blend_member().blend_kernel == ""
+  assert config.is_blend and config.blend_member().blend_kernel == ()
   res = blend.train_and_evaluate_blend(config, tmp_path, dataset=dataset)
   comp = json.loads((tmp_path / "members" / "sparse_fc" / "metrics.json").read_text())
   assert set(res["blend_weights"]) == {"intercept", "autoencoder_mean", "sparse_fc"}
@@ -191,7 +191,7 @@ def test_a_kernel_model_is_a_blend_component(tiny, tmp_path, monkeypatch):
     make_config("autorec", blend_kernel="autorec")
   # Several kernel seeds: one engine run whose members are averaged, and
   # support-weighted blending; seed 0 is the component above.
-  config2 = dataclasses.replace(config, blend_kernel_seeds=2, blend_support=True)
+  config2 = dataclasses.replace(config, blend_kernel_seeds=(2,), blend_support=True)
   res2 = blend.train_and_evaluate_blend(config2, tmp_path / "x2", dataset=dataset)
   kdir = tmp_path / "x2" / "members" / "sparse_fc_x2"
   s0, s1 = (np.load(kdir / s / "test_pred.npy") for s in ("s0", "s1"))
@@ -204,6 +204,21 @@ def test_a_kernel_model_is_a_blend_component(tiny, tmp_path, monkeypatch):
   assert set(res2["blend_support_weights"]["sparse_fc"]) == {
       "mean", "log_user_support", "log_item_support"}
   assert set(res2["blend_weights"]) == set(res["blend_weights"])
+
+
+def test_several_kernel_components_and_their_seed_counts(tmp_path):
+  config = make_config("best", blend_kernel="sparse_fc,glocal_k", blend_kernel_seeds="5,1")
+  assert config.kernel_components == [("sparse_fc", 5), ("glocal_k", 1)]
+  assert make_config("autorec", blend_kernel="sparse_fc,glocal_k",
+                     blend_kernel_seeds=2).kernel_components == [("sparse_fc", 2), ("glocal_k", 2)]
+  # a config.json written when both were scalars still loads
+  old = dict(config.to_json(), blend_kernel="sparse_fc", blend_kernel_seeds=5)
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  assert load_config(tmp_path / "config.json").kernel_components == [("sparse_fc", 5)]
+  with pytest.raises(UserError, match="--blend_kernel_seeds: gives 3 counts for 2"):
+    make_config("autorec", blend_kernel="sparse_fc,glocal_k", blend_kernel_seeds="1,2,3")
+  with pytest.raises(UserError, match="--blend_kernel: names a model twice"):
+    make_config("autorec", blend_kernel="sparse_fc,sparse_fc")
 
 
 def test_blend_option_errors():
