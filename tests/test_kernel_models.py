@@ -187,6 +187,7 @@ def test_a_kernel_model_is_a_blend_component(tiny, tmp_path, monkeypatch):
                                                                       abs=1e-4)
   # the least-squares blend is at least as good on validation as either part
   assert res["valid_rmse"] <= min(c["valid_rmse"] for c in res["components"].values()) + 1e-6
+  assert res["blend_cv_valid_rmse"] > res["valid_rmse"]  # held-out pairs: no in-sample fit
   with pytest.raises(UserError, match="--blend_kernel"):
     make_config("autorec", blend_kernel="autorec")
   # Several kernel seeds: one engine run whose members are averaged, and
@@ -243,6 +244,14 @@ def test_support_weighted_blend_recovers_weights_that_vary_with_support():
   coef = blend.fit_blend(preds, target, meta)
   np.testing.assert_allclose(coef, w.ravel(), atol=1e-8)
   np.testing.assert_allclose(blend.apply_blend(coef, preds, meta), target, atol=1e-8)
+  # held-out error: exact weights stay exact; noise makes it worse than in-sample
+  assert blend.cross_validated_rmse(preds, target, meta, (-10, 10)) < 1e-8
+  noisy = target + rng.standard_normal(n)
+  insample = np.sqrt(np.mean((blend.apply_blend(blend.fit_blend(preds, noisy, meta), preds,
+                                                meta) - noisy) ** 2))
+  cv = blend.cross_validated_rmse(preds, noisy, meta, (-10, 10))
+  assert insample < cv < insample * 1.01
+  assert blend.cross_validated_rmse(preds, noisy, meta, (2.0, 3.0)) > cv  # clipped like the blend
   # without features it is the plain intercept + weights least squares
   plain = blend.fit_blend(preds, target)
   x = np.column_stack([np.ones(n), preds])
