@@ -7,6 +7,8 @@ different rates share one optimizer and one compile.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -29,6 +31,33 @@ def accumulate_forever() -> optax.GradientTransformation:
     return acc, acc
 
   return optax.GradientTransformation(init, update)
+
+
+class RestartState(NamedTuple):
+  count: jax.Array   # updates so far
+  inner: Any
+
+
+def restarting(inner: optax.GradientTransformationExtraArgs,
+               every: int) -> optax.GradientTransformationExtraArgs:
+  """`inner` with its state re-initialised before every `every`-th update.
+
+  The kernelNet / GLocal-K code calls scipy's L-BFGS-B for 5 iterations per
+  epoch, so its curvature memory starts afresh every 5 iterations; one long
+  L-BFGS run is a different optimiser (on ML-100K it fine-tunes GLocal-K into
+  over-fitting: validation RMSE 0.8840 vs 0.8764 with restarts).
+  """
+  def init(params):
+    return RestartState(jnp.zeros([], jnp.int32), inner.init(params))
+
+  def update(updates, state, params=None, **extra):
+    reset = (state.count > 0) & (state.count % every == 0)
+    fresh = inner.init(params)
+    kept = jax.tree.map(lambda f, s: jnp.where(reset, f, s), fresh, state.inner)
+    updates, kept = inner.update(updates, kept, params, **extra)
+    return updates, RestartState(state.count + 1, kept)
+
+  return optax.GradientTransformationExtraArgs(init, update)
 
 
 def make_schedule(config: Config, steps_per_epoch: int, lr: float):
@@ -65,7 +94,8 @@ def make_optimizer(config: Config, steps_per_epoch: int,
   elif config.optimizer == "lbfgs":
     # Full batch (the papers' kernelNet/GLocal-K optimiser); the zoom line
     # search evaluates the batch's loss (`value_fn`, passed by the engine).
-    chain.append(optax.lbfgs())
+    lbfgs = optax.lbfgs()
+    chain.append(restarting(lbfgs, config.lbfgs_restart) if config.lbfgs_restart else lbfgs)
   else:  # momentum
     chain.append(optax.sgd(lr, momentum=config.momentum))
   return optax.chain(*chain)

@@ -109,6 +109,39 @@ def test_lbfgs_full_batch_decreases_the_objective_every_step(tiny, tmp_path):
   assert res["test_rmse"] < 1.2
 
 
+def test_lbfgs_restart_starts_the_memory_afresh_every_n_iterations():
+  """restarting(lbfgs, 3) == lbfgs run 3 iterations at a time from a fresh
+  state (the papers' scipy L-BFGS-B calls), and != one long L-BFGS run."""
+  import optax
+  from recae_jax import optim
+  a = jnp.asarray(np.random.default_rng(0).uniform(0.1, 10, 6), jnp.float32)
+  f = lambda x: jnp.sum(a * x ** 2) + jnp.sum(jnp.cos(3 * x))
+
+  def run(tx, n, x, state=None):
+    state = tx.init(x) if state is None else state
+    path = []
+    for _ in range(n):
+      v, g = jax.value_and_grad(f)(x)
+      u, state = tx.update(g, state, x, value=v, grad=g, value_fn=f)
+      x = optax.apply_updates(x, u)
+      path.append(x)
+    return path, state
+
+  x0 = jnp.linspace(-2, 2, 6, dtype=jnp.float32)
+  got, _ = run(optim.restarting(optax.lbfgs(), 3), 7, x0)
+  want, x = [], x0
+  for n in (3, 3, 1):
+    part, _ = run(optax.lbfgs(), n, x)
+    want, x = want + part, part[-1]
+  np.testing.assert_allclose(np.stack(got), np.stack(want), rtol=1e-6, atol=1e-7)
+  plain, _ = run(optax.lbfgs(), 7, x0)
+  assert np.abs(np.asarray(plain[-1]) - np.asarray(got[-1])).max() > 1e-4
+  config = make_config("glocal_k")
+  assert config.lbfgs_restart == 5
+  assert isinstance(optim.make_optimizer(config, 1).init(
+      {"w": jnp.zeros(2)})[0], optim.RestartState)
+
+
 def test_glocal_k_pretrains_then_fine_tunes_from_the_pretrained_net(tiny, tmp_path,
                                                                     monkeypatch):
   dataset, _ = tiny
@@ -127,8 +160,10 @@ def test_glocal_k_pretrains_then_fine_tunes_from_the_pretrained_net(tiny, tmp_pa
   start = [s for s in starts if s is not None][-1]
   # the fine-tuning starts from the pre-trained (selected) parameters ...
   from recae_jax import restore
-  _, pre_params, _ = restore.restore_params(
-      make_config("sparse_fc", **dict(SMALL, epochs=5)), tmp_path / "pretrain", problem)
+  pre_config = load_config(tmp_path / "pretrain" / "config.json")
+  assert pre_config == make_config("sparse_fc", **dict(SMALL, epochs=5), split="random",
+                                   lbfgs_restart=5)
+  _, pre_params, _ = restore.restore_params(pre_config, tmp_path / "pretrain", problem)
   for name in pre_params:
     np.testing.assert_array_equal(np.asarray(start[name]), np.asarray(pre_params[name]))
   # ... with the row means of their clipped reconstruction of the fit matrix
@@ -158,6 +193,8 @@ def test_glocal_k_pretrains_then_fine_tunes_from_the_pretrained_net(tiny, tmp_pa
     (dict(optimizer="lbfgs"), "--learning_rate"),
     (dict(optimizer="lbfgs", learning_rate=1.0, grad_clip=1.0), "--grad_clip"),
     (dict(model="sparse_fc", tied=True), "--tied"),
+    (dict(lbfgs_restart=5), "--lbfgs_restart"),
+    (dict(optimizer="lbfgs", learning_rate=1.0, lbfgs_restart=-1), "--lbfgs_restart"),
 ])
 def test_options_that_do_not_apply_are_one_line_errors(kw, flag):
   with pytest.raises(UserError, match=flag) as e:
