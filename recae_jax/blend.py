@@ -205,20 +205,28 @@ def _seed_ensemble(cfg: Config, n: int, workdir: pathlib.Path, dirs, what: str, 
   members of one engine, in `dirs` under `workdir`; dirs=None: one lone run
   in `workdir` itself. Reused when finished and resuming."""
   done = [workdir] if dirs is None else dirs
+  seeds = [dataclasses.replace(cfg, seed=cfg.seed + k) for k in range(n)]
+  config_json = (cfg.to_json() if dirs is None else
+                 {"base": cfg.to_json(), "members": [c.to_json() for c in seeds]})
   if resume and _finished(done):
+    # finished parts are reused as they are, so every field must match
+    # (a changed preset would otherwise be blended from stale predictions)
+    diff = train.config_differences(config_json, workdir,
+                                    ignore={"tensorboard", "checkpoint_every", "data_dir"})
+    if diff:
+      raise UserError(f"{what} in {workdir} was trained with a different config "
+                      f"({', '.join(diff)}); delete that folder to retrain it, or use a "
+                      "new --workdir")
     progress(f"{what}: finished earlier, reusing the predictions")
   elif dirs is None:
     progress(f"== {what}")
     train.train_and_evaluate(cfg, workdir, resume=resume, progress=progress,
                              problem=build_problem(cfg, dataset, split))
   else:
-    seeds = [dataclasses.replace(cfg, seed=cfg.seed + k) for k in range(n)]
     progress(f"== {what}: {n} seed(s), {cfg.seed}..{cfg.seed + n - 1}")
     train.train_members(cfg, seeds, workdir, member_dirs=dirs, labels=[d.name for d in dirs],
                         resume=resume, progress=progress,
-                        problem=build_problem(cfg, dataset, split),
-                        config_json={"base": cfg.to_json(),
-                                     "members": [c.to_json() for c in seeds]},
+                        problem=build_problem(cfg, dataset, split), config_json=config_json,
                         shared_order=False)  # independent members: each its own order
   return [_predictions(d) for d in done]
 

@@ -61,24 +61,36 @@ def check_workdir(config_json: dict, workdir: pathlib.Path, resume: bool) -> Non
   if not resume:
     raise UserError(f"workdir {workdir} already holds a run; pass --resume to continue "
                     "it or choose a new --workdir")
+  diff = config_differences(config_json, workdir, ignore=_RESUMABLE_CHANGES)
+  if diff:
+    raise UserError(f"workdir {workdir} holds a run with a different config "
+                    f"({', '.join(diff)}); use a new --workdir")
+
+
+def config_differences(config_json: dict, workdir: pathlib.Path,
+                       ignore=frozenset()) -> list[str]:
+  """The fields (outside `ignore`) in which workdir/config.json differs from
+  `config_json` (a config, or a sweep's {"base", "members"}); [] without one.
+  Both sides are read as Configs, so fields added since that run count as
+  their defaults and a scalar written before a field became a list matches."""
   path = workdir / "config.json"
-  if path.exists():
-    old = json.loads(path.read_text())
-    new = json.loads(json.dumps(config_json))  # tuples as JSON lists, like `old`
-    defaults = Config().to_json()  # fields added since that run keep their defaults
-    changed = lambda o, n: {k for k in n if o.get(k, defaults.get(k)) != n[k]
-                            and k not in _RESUMABLE_CHANGES}
-    if "members" in new:  # a sweep: its base and every member
-      if len(old.get("members", [])) != len(new["members"]):
-        diff = ["members"]
-      else:
-        diff = sorted(set().union(changed(old.get("base", {}), new["base"]), *(
-            changed(o, n) for o, n in zip(old["members"], new["members"]))))
-    else:
-      diff = sorted(changed(old, new))
-    if diff:
-      raise UserError(f"workdir {workdir} holds a run with a different config "
-                      f"({', '.join(diff)}); use a new --workdir")
+  if not path.exists():
+    return []
+  fields = set(Config().to_json())  # a field since removed is not a difference
+  norm = lambda d: json.loads(json.dumps(Config.from_json(
+      {k: v for k, v in d.items() if k in fields}).to_json()))
+
+  def changed(o, n):
+    o, n = norm(o), norm(n)
+    return {k for k in n if o[k] != n[k] and k not in ignore}
+
+  old, new = json.loads(path.read_text()), config_json
+  if "members" not in new:
+    return sorted(changed(old, new))
+  if len(old.get("members", [])) != len(new["members"]):
+    return ["members"]
+  return sorted(set().union(changed(old.get("base", {}), new["base"]), *(
+      changed(o, n) for o, n in zip(old["members"], new["members"]))))
 
 
 def _shard(mesh, state):

@@ -242,6 +242,17 @@ def test_a_kernel_model_is_a_blend_component(tiny, tmp_path, monkeypatch):
   assert set(res2["blend_support_weights"]["sparse_fc"]) == {
       "mean", "log_user_support", "log_item_support"}
   assert set(res2["blend_weights"]) == set(res["blend_weights"])
+  # --resume reuses finished components only if they were trained as asked now
+  lines = []
+  again = blend.train_and_evaluate_blend(config, tmp_path, dataset=dataset, resume=True,
+                                         progress=lines.append)
+  assert again["test_rmse"] == res["test_rmse"]
+  assert sum("finished earlier" in line for line in lines) == 2  # members, sparse_fc
+  monkeypatch.setitem(config_lib.PRESETS, "sparse_fc",
+                      dict(config_lib.PRESETS["sparse_fc"], kernel_l2=0.01))
+  with pytest.raises(UserError, match=r"sparse_fc component in .*members/sparse_fc was "
+                     r"trained with a different config \(kernel_l2\)"):
+    blend.train_and_evaluate_blend(config, tmp_path, dataset=dataset, resume=True)
 
 
 def test_several_kernel_components_and_their_seed_counts(tmp_path):
