@@ -366,7 +366,8 @@ PRESETS["glocal_k"] = dict(PRESETS["sparse_fc"], model="glocal_k", pretrain_epoc
                            epochs=300, global_kernel_size=3, dot_scale=1.0, lbfgs_restart=5)
 # The project's most accurate rating model (see README "What helped").
 PRESETS["best"] = dict(PRESETS["autorec"], ensemble=5, refit=True, blend_uautorec=True,
-                       blend_knn=True, blend_kernel=("sparse_fc",), blend_kernel_seeds=(5,),
+                       blend_knn=True, blend_kernel=("sparse_fc", "glocal_k"),
+                       blend_kernel_seeds=(5, 1),
                        blend_support=True)
 
 
