@@ -79,12 +79,12 @@ def cross_validated_rmse(valid_preds: np.ndarray, valid_target: np.ndarray,
   x = _design(valid_preds, meta).astype(np.float64)
   y = valid_target.astype(np.float64)
   fold = np.random.default_rng(0).permutation(len(y)) % folds
-  sq = 0.0
+  out_of_fold = np.empty_like(y)
   for f in range(folds):  # K small solves, not a loop over pairs
     held = fold == f
     coef, *_ = np.linalg.lstsq(x[~held], y[~held], rcond=None)
-    sq += float(np.sum((np.clip(x[held] @ coef, *rating_scale) - y[held]) ** 2))
-  return float(np.sqrt(sq / len(y)))
+    out_of_fold[held] = x[held] @ coef
+  return rating_errors(np.clip(out_of_fold, *rating_scale), y)["rmse"]
 
 
 def _design(preds: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
