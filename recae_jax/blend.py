@@ -10,7 +10,9 @@ models (sparse_fc and/or glocal_k, each averaged over its `blend_kernel_seeds`) 
 the neighbourhood model — by least squares, and applies it to their test
 predictions. With `blend_support` each weight is linear in the pair's log
 user and item support (feature-weighted linear stacking: models that need
-more data get more weight where there is more). Test ratings never
+more data get more weight where there is more). `blend_ridge` shrinks the
+weights (not the intercepts) towards 0, the penalty chosen from a grid by
+10-fold cross-validation over the validation pairs. Test ratings never
 influence a weight.
 
 The members live in `workdir/members/` (their checkpoints there, each
@@ -51,17 +53,16 @@ def _predictions(d: pathlib.Path) -> dict:
 
 
 def fit_blend(valid_preds: np.ndarray, valid_target: np.ndarray,
-              meta: np.ndarray | None = None) -> np.ndarray:
+              meta: np.ndarray | None = None, ridge: float = 0.0) -> np.ndarray:
   """Least-squares weights for C components (rows = pairs).
 
   Without `meta`: [intercept, w_1..w_C]. With meta [pairs, F] (column 0 all
   ones): feature-weighted linear stacking (Sill et al. 2009), each weight
   linear in the F features: F intercepts, then w[c, f] for c, f in order.
+  `ridge` > 0 adds ridge x pairs x |w|² (the F intercepts are free).
   """
-  x = _design(valid_preds, meta)
-  coef, *_ = np.linalg.lstsq(x.astype(np.float64), valid_target.astype(np.float64),
-                             rcond=None)
-  return coef
+  return _solve(_design(valid_preds, meta).astype(np.float64),
+                valid_target.astype(np.float64), ridge, _n_meta(meta))
 
 
 def apply_blend(coef: np.ndarray, preds: np.ndarray,
@@ -70,21 +71,43 @@ def apply_blend(coef: np.ndarray, preds: np.ndarray,
 
 
 def cross_validated_rmse(valid_preds: np.ndarray, valid_target: np.ndarray,
-                         meta: np.ndarray | None, rating_scale, folds: int = 10) -> float:
+                         meta: np.ndarray | None, rating_scale, folds: int = 10,
+                         ridge: float = 0.0) -> float:
   """RMSE of the blend on validation pairs it was not fitted on: K-fold over
   the validation pairs (fixed permutation), clipped like the blend. The
   in-sample validation RMSE of a least-squares blend is optimistic, more so
-  with more weights; this one compares component sets and features fairly
-  without the test set."""
+  with more weights; this one compares component sets, features and ridge
+  penalties fairly without the test set."""
   x = _design(valid_preds, meta).astype(np.float64)
   y = valid_target.astype(np.float64)
   fold = np.random.default_rng(0).permutation(len(y)) % folds
   out_of_fold = np.empty_like(y)
   for f in range(folds):  # K small solves, not a loop over pairs
     held = fold == f
-    coef, *_ = np.linalg.lstsq(x[~held], y[~held], rcond=None)
-    out_of_fold[held] = x[held] @ coef
+    out_of_fold[held] = x[held] @ _solve(x[~held], y[~held], ridge, _n_meta(meta))
   return rating_errors(np.clip(out_of_fold, *rating_scale), y)["rmse"]
+
+
+def choose_ridge(valid_preds: np.ndarray, valid_target: np.ndarray,
+                 meta: np.ndarray | None, rating_scale, ridges) -> tuple[float, dict]:
+  """The penalty in `ridges` with the lowest cross-validated RMSE (the first
+  of equals), and every candidate's CV RMSE."""
+  cv = {r: cross_validated_rmse(valid_preds, valid_target, meta, rating_scale, ridge=r)
+        for r in ridges}
+  return min(cv, key=cv.get), cv
+
+
+def _solve(x: np.ndarray, y: np.ndarray, ridge: float, n_free: int) -> np.ndarray:
+  if ridge == 0:
+    return np.linalg.lstsq(x, y, rcond=None)[0]
+  # per pair, so one penalty means the same on any number of validation pairs
+  penalty = np.full(x.shape[1], ridge * len(y))
+  penalty[:n_free] = 0.0
+  return np.linalg.solve(x.T @ x + np.diag(penalty), x.T @ y)
+
+
+def _n_meta(meta: np.ndarray | None) -> int:
+  return 1 if meta is None else meta.shape[1]
 
 
 def _design(preds: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
@@ -149,13 +172,20 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
     meta_v, center = support_features(split.train, split.valid)
     meta_t, _ = support_features(split.train, split.test, center)
   blended = len(names) > 1 or meta_v is not None
+  ridge, ridge_cv = 0.0, {}
   if blended:
-    coef = fit_blend(v, valid_t, meta_v)
+    if len(config.blend_ridge) > 1:
+      ridge, ridge_cv = choose_ridge(v, valid_t, meta_v, (lo, hi), config.blend_ridge)
+      progress(f"blend ridge penalty {ridge:g} chosen by 10-fold CV on validation "
+               f"({', '.join(f'{r:g}: {e:.4f}' for r, e in ridge_cv.items())})")
+    else:
+      ridge = config.blend_ridge[0]
+    coef = fit_blend(v, valid_t, meta_v, ridge)
   else:
     coef = np.array([0.0, 1.0])
   valid_pred = np.clip(apply_blend(coef, v, meta_v), lo, hi)
   test_pred = np.clip(apply_blend(coef, t, meta_t), lo, hi)
-  n_meta = 1 if meta_v is None else meta_v.shape[1]
+  n_meta = _n_meta(meta_v)
   # Weights at the average validation pair (the features' means are 0).
   weights = dict(zip(["intercept"] + names, coef[::n_meta].tolist()))
   te, ve = rating_errors(test_pred, test_t), rating_errors(valid_pred, valid_t)
@@ -167,8 +197,10 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
   results = {
       "test_rmse": te["rmse"], "test_mae": te["mae"], "valid_rmse": ve["rmse"],
       # for choosing components/features: the blend on validation pairs it did not see
-      **({"blend_cv_valid_rmse": cross_validated_rmse(v, valid_t, meta_v, (lo, hi))}
+      **({"blend_cv_valid_rmse": (ridge_cv[ridge] if ridge_cv else cross_validated_rmse(
+          v, valid_t, meta_v, (lo, hi), ridge=ridge)), "blend_ridge": ridge}
          if blended else {}),
+      **({"blend_ridge_cv": {f"{r:g}": e for r, e in ridge_cv.items()}} if ridge_cv else {}),
       "best_epoch": [m["metrics"]["best_epoch"] for m in members],
       "blend_weights": weights,
       **({"blend_support_weights": {

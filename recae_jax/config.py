@@ -118,6 +118,7 @@ class Config:
   blend_kernel: tuple[str, ...] = ()  # add kernel models to the blend, each one component: sparse_fc and/or glocal_k (their presets)
   blend_kernel_seeds: tuple[int, ...] = (1,)  # each kernel component averages this many seeds (one engine run); one count for all, or one per --blend_kernel model
   blend_support: bool = False      # blend weights vary linearly with log user/item support in the fit split (feature-weighted stacking)
+  blend_ridge: tuple[float, ...] = (0.0,)  # L2 penalty per validation pair on the blend weights (not the intercepts); several: the one with the lowest 10-fold CV RMSE on validation
 
   @property
   def is_blend(self) -> bool:
@@ -128,7 +129,8 @@ class Config:
   def blend_member(self) -> "Config":
     """One member of this blend's seed ensemble: the blend options off."""
     return dataclasses.replace(self, ensemble=1, blend_uautorec=False, blend_knn=False,
-                               blend_kernel=(), blend_kernel_seeds=(1,), blend_support=False)
+                               blend_kernel=(), blend_kernel_seeds=(1,), blend_support=False,
+                               blend_ridge=(0.0,))
 
   @property
   def kernel_components(self) -> list[tuple[str, int]]:
@@ -249,6 +251,11 @@ class Config:
     if self.blend_support and not self.is_blend:
       bad("blend_support", "weights the components of a blend: add components "
           "(--ensemble, --blend_uautorec, --blend_knn or --blend_kernel)")
+    if not self.blend_ridge or min(self.blend_ridge) < 0:
+      bad("blend_ridge", f"must be >= 0, got {self.blend_ridge}")
+    if self.blend_ridge != (0.0,) and not self.is_blend:
+      bad("blend_ridge", "penalises the weights of a blend: add components "
+          "(--ensemble, --blend_uautorec, --blend_knn or --blend_kernel)")
     if max(self.blend_kernel_seeds) > 1 and not self.blend_kernel:
       bad("blend_kernel_seeds", "averages the seeds of the kernel component: also set "
           "--blend_kernel=sparse_fc or glocal_k")
@@ -368,7 +375,7 @@ PRESETS["glocal_k"] = dict(PRESETS["sparse_fc"], model="glocal_k", pretrain_epoc
 PRESETS["best"] = dict(PRESETS["autorec"], ensemble=5, refit=True, blend_uautorec=True,
                        blend_knn=True, blend_kernel=("sparse_fc", "glocal_k"),
                        blend_kernel_seeds=(5, 1),
-                       blend_support=True)
+                       blend_support=True, blend_ridge=(0.0, 0.001, 0.003, 0.01, 0.03, 0.1))
 
 
 def make_config(preset: Optional[str] = None, **overrides) -> Config:
@@ -384,7 +391,8 @@ def make_config(preset: Optional[str] = None, **overrides) -> Config:
       raise UserError(f"unknown config field {k!r}")
     values[k] = v
   kinds = {"layers": int, "side_features": str, "hidden": int, "ease_lambdas": float,
-           "ks": int, "blend_kernel": str, "blend_kernel_seeds": int}
+           "ks": int, "blend_kernel": str, "blend_kernel_seeds": int,
+           "blend_ridge": float}
   for k, kind in kinds.items():
     if k in values and not isinstance(values[k], tuple):
       values[k] = _as_tuple(values[k], kind)

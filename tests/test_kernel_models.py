@@ -277,6 +277,10 @@ def test_blend_option_errors():
     make_config("autorec", blend_kernel="sparse_fc", blend_kernel_seeds=0)
   with pytest.raises(UserError, match="--blend_support: weights the components of a blend"):
     make_config("autorec", blend_support=True)
+  with pytest.raises(UserError, match="--blend_ridge: penalises the weights of a blend"):
+    make_config("autorec", blend_ridge="0,0.01")
+  with pytest.raises(UserError, match="--blend_ridge: must be >= 0"):
+    make_config("autorec", ensemble=2, blend_ridge="-1")
 
 
 def test_support_weighted_blend_recovers_weights_that_vary_with_support():
@@ -300,6 +304,25 @@ def test_support_weighted_blend_recovers_weights_that_vary_with_support():
   cv = blend.cross_validated_rmse(preds, noisy, meta, (-10, 10))
   assert insample < cv < insample * 1.01
   assert blend.cross_validated_rmse(preds, noisy, meta, (2.0, 3.0)) > cv  # clipped like the blend
+  # ridge: the closed form with ridge x pairs on every weight but the F
+  # intercepts, shrinking the weights as it grows; a huge one leaves the mean
+  x = blend._design(preds, meta)
+  lam = 0.01
+  pen = np.r_[np.zeros(3), np.full(6, lam * n)]
+  np.testing.assert_allclose(blend.fit_blend(preds, noisy, meta, ridge=lam),
+                             np.linalg.solve(x.T @ x + np.diag(pen), x.T @ noisy), atol=1e-10)
+  norms = [np.abs(blend.fit_blend(preds, noisy, meta, ridge=r)[3:]).sum()
+           for r in (0.0, 0.01, 1.0)]
+  assert norms[0] > norms[1] > norms[2]
+  flat = blend.apply_blend(blend.fit_blend(preds, noisy, ridge=1e9), preds)
+  np.testing.assert_allclose(flat, noisy.mean(), atol=1e-4)
+  # the grid's choice: none when the weights are exact, some when components
+  # are many, noisy and collinear with few pairs to fit them on
+  assert blend.choose_ridge(preds, target, meta, (-10, 10), (0.0, 0.1))[0] == 0.0
+  few = rng.uniform(1, 5, 60)[:, None] + 0.3 * rng.standard_normal((60, 12))
+  y = few.mean(1) + rng.standard_normal(60)
+  chosen, cvs = blend.choose_ridge(few, y, None, (-10, 10), (0.0, 0.01, 0.1))
+  assert chosen > 0 and cvs[chosen] < cvs[0.0]
   # without features it is the plain intercept + weights least squares
   plain = blend.fit_blend(preds, target)
   x = np.column_stack([np.ones(n), preds])

@@ -308,6 +308,14 @@ def test_ensemble_blends_members_on_validation(tmp_path):
     assert res["valid_rmse"] <= part["valid_rmse"] + 1e-6
   for name in ("m0", "m1", "uautorec"):
     assert (tmp_path / "ens" / "members" / name / "test_pred.npy").exists()
+  # a ridge grid re-blends the finished components (their configs do not
+  # carry it) and keeps the penalty with the lowest cross-validated RMSE
+  grid = dataclasses.replace(cfg, blend_ridge=(0.0, 0.01, 100.0))
+  ridged = blend.train_and_evaluate_blend(grid, tmp_path / "ens", resume=True, progress=_quiet)
+  assert ridged["member_test_rmse"] == res["member_test_rmse"]
+  cv = ridged["blend_ridge_cv"]
+  assert set(cv) == {"0", "0.01", "100"} and cv["0"] == pytest.approx(res["blend_cv_valid_rmse"])
+  assert ridged["blend_cv_valid_rmse"] == min(cv.values()) == cv[f"{ridged['blend_ridge']:g}"]
 
 
 def _events(run_dir) -> dict:
