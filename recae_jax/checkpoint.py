@@ -8,6 +8,8 @@ a sha256 manifest of the step's files goes to `<dir>_manifests/STEP.json`;
 restore checks it before asking orbax (a damaged file is found without
 orbax's noisy failure), moves unreadable steps aside to `<dir>_corrupt/` so
 they are never picked again, and walks back to the newest step that loads.
+An intact step that does not fit the state asked for (a changed config) is
+an error, not damage: it stays where it is.
 Multi-host: every process saves and restores (orbax coordinates); only
 process 0 writes manifests or moves files, and the others wait for it.
 """
@@ -74,11 +76,13 @@ class Checkpoints:
           old.unlink(missing_ok=True)
     _sync(f"checkpoint-manifest-{step}")
 
-  def _intact(self, step: int) -> bool:
-    """False when the step's files differ from its manifest (None: no manifest)."""
+  def _manifest_check(self, step: int) -> bool | None:
+    """True: the step's files match its manifest; False: they differ (or the
+    manifest is unreadable); None: no manifest (written by a process killed
+    right after orbax finished)."""
     manifest = self._manifests / f"{step}.json"
     if not manifest.exists():
-      return True  # written by a process killed right after orbax finished
+      return None
     try:
       return json.loads(manifest.read_text()) == _hash_tree(self.directory / str(step))
     except (OSError, ValueError):
@@ -103,11 +107,15 @@ class Checkpoints:
 
     A checkpoint that fails its manifest or fails to load (truncated,
     corrupted) is set aside with a warning and the previous one is tried.
+    One whose files match their manifest but that does not load into
+    `abstract_state` was written for another state (another model, optimizer
+    or member count): a UserError, and the checkpoint is left where it is.
     """
     steps = self.steps()
     errors = []
     for step in reversed(steps):
-      if not self._intact(step):
+      intact = self._manifest_check(step)
+      if intact is False:
         errors.append(f"step {step}: files differ from their sha256 manifest")
         self._set_aside(step, "files differ from their sha256 manifest")
         continue
@@ -119,6 +127,12 @@ class Checkpoints:
             meta=ocp.args.JsonRestore()))
         return restored["state"], restored["meta"]
       except Exception as e:  # orbax raises many types for damaged files
+        if intact:  # undamaged: the state asked for is not the one saved
+          raise UserError(
+              f"checkpoint {step} in {self.directory} is intact but does not fit the "
+              f"training state this config builds ({type(e).__name__}: another model, "
+              "optimizer or member count); resume with the config.json it was written "
+              "with, or start a new --workdir") from None
         errors.append(f"step {step}: {type(e).__name__}")
         self._set_aside(step, type(e).__name__)
     if steps:

@@ -193,6 +193,26 @@ def test_all_checkpoints_corrupted_is_a_clean_error(reference, csv_path, tmp_pat
   assert "test RMSE" not in proc.stdout
 
 
+def test_intact_checkpoint_of_another_state_is_an_error_not_damage(tmp_path):
+  # e.g. a run with --lbfgs_restart resumed without it: the optimizer state's
+  # structure differs. The files are fine, so they must not be set aside.
+  import jax.numpy as jnp
+  from recae_jax.checkpoint import Checkpoints, abstract_like
+  from recae_jax.errors import UserError
+  saved = {"w": jnp.arange(3.0), "opt": {"count": jnp.zeros((), jnp.int32)}}
+  ckpt = Checkpoints(tmp_path / "checkpoints")
+  ckpt.save(1, saved, {"epoch": 1})
+  other = {"w": jnp.zeros(3), "opt": {"count": jnp.zeros((), jnp.int32),
+                                      "memory": jnp.zeros(2)}}
+  with pytest.raises(UserError, match="checkpoint 1 .* is intact but does not fit .*new --workdir"):
+    ckpt.restore_latest(abstract_like(other))
+  assert ckpt.steps() == [1] and not (tmp_path / "checkpoints_corrupt").exists()
+  state, meta = ckpt.restore_latest(abstract_like(saved))
+  np.testing.assert_array_equal(np.asarray(state["w"]), [0.0, 1.0, 2.0])
+  assert meta["epoch"] == 1
+  ckpt.close()
+
+
 def test_workdir_under_a_file_is_a_clean_error(csv_path, tmp_path):
   # chmod cannot stop root (the tests run as root here); a path below a
   # regular file fails for everyone.
