@@ -172,14 +172,11 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
     meta_v, center = support_features(split.train, split.valid)
     meta_t, _ = support_features(split.train, split.test, center)
   blended = len(names) > 1 or meta_v is not None
-  ridge, ridge_cv = 0.0, {}
-  if blended:
-    if len(config.blend_ridge) > 1:
-      ridge, ridge_cv = choose_ridge(v, valid_t, meta_v, (lo, hi), config.blend_ridge)
+  if blended:  # one candidate penalty: just its CV RMSE, for comparing blends
+    ridge, ridge_cv = choose_ridge(v, valid_t, meta_v, (lo, hi), config.blend_ridge)
+    if len(ridge_cv) > 1:
       progress(f"blend ridge penalty {ridge:g} chosen by 10-fold CV on validation "
                f"({', '.join(f'{r:g}: {e:.4f}' for r, e in ridge_cv.items())})")
-    else:
-      ridge = config.blend_ridge[0]
     coef = fit_blend(v, valid_t, meta_v, ridge)
   else:
     coef = np.array([0.0, 1.0])
@@ -197,10 +194,9 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
   results = {
       "test_rmse": te["rmse"], "test_mae": te["mae"], "valid_rmse": ve["rmse"],
       # for choosing components/features: the blend on validation pairs it did not see
-      **({"blend_cv_valid_rmse": (ridge_cv[ridge] if ridge_cv else cross_validated_rmse(
-          v, valid_t, meta_v, (lo, hi), ridge=ridge)), "blend_ridge": ridge}
-         if blended else {}),
-      **({"blend_ridge_cv": {f"{r:g}": e for r, e in ridge_cv.items()}} if ridge_cv else {}),
+      **({"blend_cv_valid_rmse": ridge_cv[ridge], "blend_ridge": ridge} if blended else {}),
+      **({"blend_ridge_cv": {f"{r:g}": e for r, e in ridge_cv.items()}}
+         if blended and len(ridge_cv) > 1 else {}),
       "best_epoch": [m["metrics"]["best_epoch"] for m in members],
       "blend_weights": weights,
       **({"blend_support_weights": {
