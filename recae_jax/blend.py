@@ -12,14 +12,18 @@ predictions. With `blend_support` each weight is linear in the pair's log
 user and item support (feature-weighted linear stacking: models that need
 more data get more weight where there is more). `blend_ridge` shrinks the
 weights (not the intercepts) towards 0, the penalty chosen from a grid by
-10-fold cross-validation over the validation pairs. Test ratings never
-influence a weight.
+10-fold cross-validation over the validation pairs. `blend_crossfit=R`
+trains every component R times, each without another validation draw
+(`valid_draw`), fits the blend on all R draws' validation pairs (each
+predicted by components that never saw it: R times the pairs to fit on) and
+applies it to the components' test predictions averaged over the R. Test
+ratings never influence a weight.
 
 The members live in `workdir/members/` (their checkpoints there, each
 member's files in `members/mK`), U-AutoRec in `members/uautorec`, the
 kernel models in `members/sparse_fc` and `members/glocal_k` (K seeds:
-`members/sparse_fc_xK/sJ`), so `--resume` continues an interrupted blend
-and reuses finished parts.
+`members/sparse_fc_xK/sJ`), cross-fitting's draw r in `members_draw{r}/`,
+so `--resume` continues an interrupted blend and reuses finished parts.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from recae_jax.problem import build_problem, load_split
 
 _DATA_FIELDS = ("dataset", "data_dir", "columns", "split", "test_fraction", "time_quantile",
                 "valid_fraction", "min_user_ratings", "min_item_ratings", "split_seed",
-                "eval_batch_size", "fallback", "dense_budget_mb")
+                "valid_draw", "eval_batch_size", "fallback", "dense_budget_mb")
 
 
 def _finished(dirs) -> bool:
@@ -141,35 +145,34 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
   dataset, split = load_split(config, dataset)
   wd.write_json(workdir / "provenance.json", wd.provenance(dataset.files))
   lo, hi = dataset.rating_scale
-  base = config.blend_member()
-  dirs = [workdir / "members" / f"m{k}" for k in range(config.ensemble)]
-  members = _seed_ensemble(base, config.ensemble, workdir / "members", dirs, "members",
-                           dataset, split, resume, progress)
-  components: dict[str, dict] = {"autoencoder_mean": _mean(members)}
-  if config.blend_uautorec:
-    ucfg = make_config("uautorec", **{f: getattr(config, f) for f in _DATA_FIELDS},
-                       seed=config.seed, refit=config.refit)
-    components["uautorec"] = _seed_ensemble(ucfg, 1, workdir / "members" / "uautorec",
-                                            None, "U-AutoRec component", dataset, split,
-                                            resume, progress)[0]
-  for kernel, n in config.kernel_components:
-    kcfg = make_config(kernel, **{f: getattr(config, f) for f in _DATA_FIELDS},
-                       seed=config.seed)
-    kdir = workdir / "members" / (kernel + (f"_x{n}" if n > 1 else ""))
-    kdirs = [kdir / f"s{j}" for j in range(n)] if n > 1 else None
-    components[kernel] = _mean(_seed_ensemble(kcfg, n, kdir, kdirs, f"{kernel} component",
-                                              dataset, split, resume, progress))
-  if config.blend_knn:
-    progress("== neighbourhood (KNN) component")
-    components["knn"] = _knn_component(split, dataset.rating_scale, progress)
-
-  valid_t, test_t = split.valid.ratings, split.test.ratings
-  names = list(components)
-  v = np.column_stack([components[n]["valid"] for n in names])
-  t = np.column_stack([components[n]["test"] for n in names])
+  # Cross-fitting: the components of draw r are trained without that draw's
+  # validation carve-out (draw 0: members/, draw r: members_draw{r}/).
+  draws = []
+  for r in range(config.blend_crossfit):
+    cfg = dataclasses.replace(config, valid_draw=config.valid_draw + r)
+    if r:
+      progress(f"=== cross-fitting: the components again without validation draw "
+               f"{cfg.valid_draw} ({r + 1} of {config.blend_crossfit})")
+    split_r = split if r == 0 else load_split(cfg, dataset)[1]
+    members, components = _components(cfg, workdir / ("members" if r == 0 else
+                                                      f"members_draw{r}"),
+                                      dataset, split_r, resume, progress)
+    draws.append((split_r, members, components))
+  split, members, _ = draws[0]
+  names = list(draws[0][2])
+  # the blend is fitted on every draw's validation pairs, each predicted by
+  # components that did not see it, and applied to their mean test predictions
+  v = np.vstack([np.column_stack([c[n]["valid"] for n in names]) for _, _, c in draws])
+  valid_t = np.concatenate([s.valid.ratings for s, _, _ in draws])
+  t = np.mean([np.column_stack([c[n]["test"] for n in names]) for _, _, c in draws], axis=0)
+  test_t = split.test.ratings
   meta_v = meta_t = None
   if config.blend_support:  # features from the fit split's counts (no test rating)
-    meta_v, center = support_features(split.train, split.valid)
+    center, metas = None, []
+    for s, _, _ in draws:
+      m, center = support_features(s.train, s.valid, center)
+      metas.append(m)
+    meta_v = np.vstack(metas)
     meta_t, _ = support_features(split.train, split.test, center)
   blended = len(names) > 1 or meta_v is not None
   if blended:  # one candidate penalty: just its CV RMSE, for comparing blends
@@ -186,9 +189,9 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
   # Weights at the average validation pair (the features' means are 0).
   weights = dict(zip(["intercept"] + names, coef[::n_meta].tolist()))
   te, ve = rating_errors(test_pred, test_t), rating_errors(valid_pred, valid_t)
-  per_component = {n: {"valid_rmse": rating_errors(components[n]["valid"], valid_t)["rmse"],
-                       "test_rmse": rating_errors(components[n]["test"], test_t)["rmse"]}
-                   for n in names}
+  per_component = {n: {"valid_rmse": rating_errors(v[:, j], valid_t)["rmse"],
+                       "test_rmse": rating_errors(t[:, j], test_t)["rmse"]}
+                   for j, n in enumerate(names)}
   per_member = [m["metrics"]["test_rmse"] for m in members]
   first = members[0]["metrics"]
   results = {
@@ -203,10 +206,11 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
           n: dict(zip(SUPPORT_TERMS, coef[n_meta * j:n_meta * (j + 1)].tolist()))
           for j, n in enumerate(["intercept"] + names)}} if meta_v is not None else {}),
       "components": per_component, "member_test_rmse": per_member,
-      **({"knn_choice": components["knn"]["choice"]} if "knn" in components else {}),
-      "n_train": first["n_train"], "n_fit": first["n_fit"], "n_valid": first["n_valid"],
+      **({"knn_choice": draws[0][2]["knn"]["choice"]} if "knn" in names else {}),
+      "blend_crossfit": config.blend_crossfit,
+      "n_train": first["n_train"], "n_fit": first["n_fit"], "n_valid": len(valid_t),
       "n_test": first["n_test"], "n_test_fallback": first["n_test_fallback"],
-      "train_seconds": sum(m["metrics"]["train_seconds"] for m in members),
+      "train_seconds": sum(m["metrics"]["train_seconds"] for _, ms, _ in draws for m in ms),
       "compile_seconds": sum(m["metrics"]["compile_seconds"] for m in members),
       "epoch_seconds_median": float(np.median(
           [m["metrics"]["epoch_seconds_median"] for m in members])),
@@ -220,6 +224,34 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
   progress(f"ensemble of {len(names)} component(s): {cv}test RMSE {te['rmse']:.4f} "
            f"MAE {te['mae']:.4f}; weights {results['blend_weights']}")
   return results
+
+
+def _components(config: Config, members_dir: pathlib.Path, dataset, split, resume: bool,
+                progress) -> tuple[list[dict], dict[str, dict]]:
+  """Trains (or reuses) one draw's components in `members_dir`: the seed
+  members, then U-AutoRec, the kernel models and the neighbourhood model as
+  configured. Returns the members' runs and {component: valid/test preds}."""
+  base = config.blend_member()
+  dirs = [members_dir / f"m{k}" for k in range(config.ensemble)]
+  members = _seed_ensemble(base, config.ensemble, members_dir, dirs, "members",
+                           dataset, split, resume, progress)
+  components: dict[str, dict] = {"autoencoder_mean": _mean(members)}
+  data = {f: getattr(config, f) for f in _DATA_FIELDS}
+  if config.blend_uautorec:
+    ucfg = make_config("uautorec", **data, seed=config.seed, refit=config.refit)
+    components["uautorec"] = _seed_ensemble(ucfg, 1, members_dir / "uautorec", None,
+                                            "U-AutoRec component", dataset, split,
+                                            resume, progress)[0]
+  for kernel, n in config.kernel_components:
+    kcfg = make_config(kernel, **data, seed=config.seed)
+    kdir = members_dir / (kernel + (f"_x{n}" if n > 1 else ""))
+    kdirs = [kdir / f"s{j}" for j in range(n)] if n > 1 else None
+    components[kernel] = _mean(_seed_ensemble(kcfg, n, kdir, kdirs, f"{kernel} component",
+                                              dataset, split, resume, progress))
+  if config.blend_knn:
+    progress("== neighbourhood (KNN) component")
+    components["knn"] = _knn_component(split, dataset.rating_scale, progress)
+  return members, components
 
 
 def _mean(runs: list[dict]) -> dict:

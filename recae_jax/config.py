@@ -41,6 +41,7 @@ class Config:
   min_user_ratings: int = 0
   min_item_ratings: int = 0
   split_seed: int = 0              # fixed across ensemble members / seeds
+  valid_draw: int = 0              # which seeded draw of the validation carve-out (0: the usual one; --blend_crossfit=R uses 0..R-1); the test split stays put
   seed: int = 0                    # initialisation, shuffling, dropout
   # --- model ---
   orientation: str = "item"        # rows are items (I-AutoRec) or users
@@ -119,6 +120,7 @@ class Config:
   blend_kernel_seeds: tuple[int, ...] = (1,)  # each kernel component averages this many seeds (one engine run); one count for all, or one per --blend_kernel model
   blend_support: bool = False      # blend weights vary linearly with log user/item support in the fit split (feature-weighted stacking)
   blend_ridge: tuple[float, ...] = (0.0,)  # L2 penalty per validation pair on the blend weights (not the intercepts); several: the one with the lowest 10-fold CV RMSE on validation
+  blend_crossfit: int = 1          # train every component on R validation draws (valid_draw 0..R-1); the blend is fitted on all R validation sets and applied to the test predictions averaged over the R
 
   @property
   def is_blend(self) -> bool:
@@ -130,7 +132,7 @@ class Config:
     """One member of this blend's seed ensemble: the blend options off."""
     return dataclasses.replace(self, ensemble=1, blend_uautorec=False, blend_knn=False,
                                blend_kernel=(), blend_kernel_seeds=(1,), blend_support=False,
-                               blend_ridge=(0.0,))
+                               blend_ridge=(0.0,), blend_crossfit=1)
 
   @property
   def kernel_components(self) -> list[tuple[str, int]]:
@@ -221,7 +223,7 @@ class Config:
     if not 0 <= self.valid_fraction < 1:
       bad("valid_fraction", f"must be in [0, 1), got {self.valid_fraction}")
     for name in ("l2", "weight_decay", "input_noise", "grad_clip", "patience",
-                 "dense_refeeding", "data_parallel", "memory_budget_mb"):
+                 "dense_refeeding", "data_parallel", "memory_budget_mb", "valid_draw"):
       if getattr(self, name) < 0:
         bad(name, f"must be >= 0, got {getattr(self, name)}")
     if self.fallback not in ("item_user_global", "global"):
@@ -250,6 +252,11 @@ class Config:
           f"{len(self.blend_kernel)} --blend_kernel model(s): give one count, or one per model")
     if self.blend_support and not self.is_blend:
       bad("blend_support", "weights the components of a blend: add components "
+          "(--ensemble, --blend_uautorec, --blend_knn or --blend_kernel)")
+    if self.blend_crossfit < 1:
+      bad("blend_crossfit", f"must be >= 1, got {self.blend_crossfit}")
+    if self.blend_crossfit > 1 and not self.is_blend:
+      bad("blend_crossfit", "repeats the components of a blend: add components "
           "(--ensemble, --blend_uautorec, --blend_knn or --blend_kernel)")
     if not self.blend_ridge or min(self.blend_ridge) < 0:
       bad("blend_ridge", f"must be >= 0, got {self.blend_ridge}")

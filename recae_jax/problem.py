@@ -147,7 +147,8 @@ def load_split(config: Config, dataset: Optional[Dataset] = None) -> tuple[Datas
   split = splits.make_split(
       dataset, config.split, test_fraction=config.test_fraction,
       time_quantile=config.time_quantile, valid_fraction=config.valid_fraction,
-      seed=config.split_seed, min_user_ratings=config.min_user_ratings,
+      seed=config.split_seed, valid_draw=config.valid_draw,
+      min_user_ratings=config.min_user_ratings,
       min_item_ratings=config.min_item_ratings)
   return dataset, split
 

@@ -281,6 +281,12 @@ def test_blend_option_errors():
     make_config("autorec", blend_ridge="0,0.01")
   with pytest.raises(UserError, match="--blend_ridge: must be >= 0"):
     make_config("autorec", ensemble=2, blend_ridge="-1")
+  with pytest.raises(UserError, match="--blend_crossfit: repeats the components of a blend"):
+    make_config("autorec", blend_crossfit=2)
+  with pytest.raises(UserError, match="--blend_crossfit: must be >= 1"):
+    make_config("autorec", ensemble=2, blend_crossfit=0)
+  with pytest.raises(UserError, match="--valid_draw: must be >= 0"):
+    make_config("autorec", valid_draw=-1)
 
 
 def test_support_weighted_blend_recovers_weights_that_vary_with_support():

@@ -57,6 +57,17 @@ def test_valid_carved_from_train_only(syn, name):
   assert len(with_valid.valid) == round(0.2 * len(plain.train))
 
 
+@pytest.mark.parametrize("name", ["random", "user_holdout", "heldout_users"])
+def test_valid_draws_are_other_carve_outs_of_the_same_train(syn, name):
+  draw0 = make_split(syn, name, seed=5, valid_fraction=0.2)
+  assert _same(draw0.valid, make_split(syn, name, seed=5, valid_fraction=0.2,
+                                       valid_draw=0).valid)
+  draw1 = make_split(syn, name, seed=5, valid_fraction=0.2, valid_draw=1)
+  assert _same(draw0.test, draw1.test)  # the test set does not move
+  _partition(draw0.train.concat(draw0.valid), draw1.train, draw1.valid)
+  assert len(draw1.valid) == len(draw0.valid) and not _same(draw0.valid, draw1.valid)
+
+
 def test_random_split(syn):
   s = make_split(syn, "random", test_fraction=0.25)
   _partition(syn.ratings, s.train, s.test)
@@ -142,6 +153,9 @@ def test_fold_split_real(data_dir):
   v = make_split(ds, "u1", valid_fraction=0.1, seed=0)
   assert _same(v.test, test)
   _partition(base, v.train, v.valid)
+  # on a fold file, draw r is exactly split seed r's carve-out
+  assert _same(make_split(ds, "u1", valid_fraction=0.1, seed=0, valid_draw=2).valid,
+               make_split(ds, "u1", valid_fraction=0.1, seed=2).valid)
   f = make_split(ds, "u1", min_user_ratings=50)
   n_u = np.bincount(ds.ratings.users, minlength=ds.n_users)
   assert (n_u[f.train.users] >= 50).all() and (n_u[f.test.users] >= 50).all()

@@ -318,6 +318,34 @@ def test_ensemble_blends_members_on_validation(tmp_path):
   assert ridged["blend_cv_valid_rmse"] == min(cv.values()) == cv[f"{ridged['blend_ridge']:g}"]
 
 
+def test_crossfitted_blend_fits_on_every_draw_and_averages_test_predictions(tmp_path):
+  from conftest import low_rank_ratings
+  ds, _ = low_rank_ratings(n_users=120, n_items=60)
+  cfg = make_config("autorec", split="random", test_fraction=0.2, valid_fraction=0.1,
+                    layers=(8,), learning_rate=1e-2, batch_size=16, epochs=4, ensemble=2,
+                    blend_uautorec=True, blend_crossfit=2)
+  res = blend.train_and_evaluate_blend(cfg, tmp_path / "xf", progress=_quiet, dataset=ds)
+  root = tmp_path / "xf"
+  runs = [root / d / m for d in ("members", "members_draw1") for m in ("m0", "m1", "uautorec")]
+  metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
+  assert res["blend_crossfit"] == 2
+  assert res["n_valid"] == metrics[0]["n_valid"] + metrics[3]["n_valid"] > metrics[0]["n_valid"]
+  assert json.loads((runs[3] / "config.json").read_text())["valid_draw"] == 1
+  # no weights on the support: the blend is intercept + weights . mean over the draws
+  test = [np.load(r / "test_pred.npy") for r in runs]
+  mean_ae, mean_u = (test[0] + test[1] + test[3] + test[4]) / 4, (test[2] + test[5]) / 2
+  w = res["blend_weights"]
+  expect = np.clip(w["intercept"] + w["autoencoder_mean"] * mean_ae + w["uautorec"] * mean_u,
+                   1, 5)
+  np.testing.assert_allclose(np.load(root / "test_pred.npy"), expect, rtol=1e-5, atol=1e-5)
+  # draw 0 is the plain blend's own: re-blended alone it is the plain blend
+  one = blend.train_and_evaluate_blend(dataclasses.replace(cfg, blend_crossfit=1), root,
+                                       resume=True, progress=_quiet, dataset=ds)
+  plain = blend.train_and_evaluate_blend(dataclasses.replace(cfg, blend_crossfit=1),
+                                         tmp_path / "plain", progress=_quiet, dataset=ds)
+  assert one["test_rmse"] == plain["test_rmse"] and one["n_valid"] == metrics[0]["n_valid"]
+
+
 def _events(run_dir) -> dict:
   """{tag: [(step, value), ...]} read back from the event files of one run."""
   import struct

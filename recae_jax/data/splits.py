@@ -20,7 +20,8 @@ them to 1.0, then the k-core filter drops ratings until every remaining user
 has >= min_user_ratings and every item >= min_item_ratings (iterated to a
 fixed point). Filters never remap ids. `valid_fraction > 0` carves a seeded
 random validation set out of TRAIN only; the test set is identical with or
-without it. Everything is deterministic per seed (numpy Generator) and
+without it, and for every `valid_draw` (another carve-out of the same
+train, as a blend's cross-fitting uses). Everything is deterministic per seed (numpy Generator) and
 vectorized (random keys + lexsort, rank within user group).
 """
 
@@ -122,7 +123,7 @@ def _check_fraction(name: str, value: float, allow_zero: bool) -> None:
 
 def make_split(dataset: Dataset, name: str, *, test_fraction: float = 0.1,
                time_quantile: float = 0.98, valid_fraction: float = 0.0,
-               seed: int = 0, min_user_ratings: int = 0,
+               seed: int = 0, valid_draw: int = 0, min_user_ratings: int = 0,
                min_item_ratings: int = 0,
                implicit_threshold: Optional[float] = None,
                holdout_fraction: float = 0.2,
@@ -196,7 +197,9 @@ def make_split(dataset: Dataset, name: str, *, test_fraction: float = 0.1,
 
   valid = None
   if valid_fraction > 0:
-    rng = _rng(seed, _VALID_STREAM)
+    # draw r reads split seed seed+r's validation stream: on a fold file's
+    # split (no seed moves its test set) it is exactly that seed's carve-out
+    rng = _rng(seed + valid_draw, _VALID_STREAM)
     n_valid = int(round(valid_fraction * len(train)))
     is_valid = np.zeros(len(train), bool)
     is_valid[rng.permutation(len(train))[:n_valid]] = True
