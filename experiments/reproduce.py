@@ -101,7 +101,7 @@ def _rows() -> list[Row]:
           "GLocal-K 0.8889 (Han 2021, ML-100K u1; their code keeps the epoch with the "
           "lowest test RMSE, ours selects on validation)", 0.8889),
       Row("best_u1", "ml-100k", "u1", "best (5 I-AutoRec + U-AutoRec + kernelNet (5 seeds) "
-          "+ GLocal-K + KNN blend, support-weighted)", t,
+          "+ GLocal-K + KNN blend, support-weighted, cross-fitted over 2 validation draws)", t,
           {"preset": "best"}, _U1_ANCHORS, 0.8889),
       Row("knn_u1", "ml-100k", "u1", "Pearson user-KNN k=40", "knn", {}, _SURPRISE, 0.951),
       Row("knn_tuned_u1", "ml-100k", "u1",
