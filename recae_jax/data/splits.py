@@ -21,8 +21,9 @@ has >= min_user_ratings and every item >= min_item_ratings (iterated to a
 fixed point). Filters never remap ids. `valid_fraction > 0` carves a seeded
 random validation set out of TRAIN only; the test set is identical with or
 without it, and for every `valid_draw` (another carve-out of the same
-train, as a blend's cross-fitting uses). Everything is deterministic per seed (numpy Generator) and
-vectorized (random keys + lexsort, rank within user group).
+train, as a blend's cross-fitting uses). Everything is deterministic per
+seed (numpy Generator) and vectorized (random keys + lexsort, rank within
+user group).
 """
 
 from __future__ import annotations
