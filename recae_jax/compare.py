@@ -31,6 +31,7 @@ import pathlib
 from typing import Optional, Sequence
 
 import numpy as np
+from scipy import stats
 
 from recae_jax import restore, topn, user_folds
 from recae_jax.errors import UserError
@@ -146,7 +147,6 @@ def resample_weights(n_users: int, n_boot: int, seed: int, chunk: int = 250):
 def _wilcoxon(d: np.ndarray) -> float:
   if len(d) == 0 or np.all(d == 0):
     return 1.0
-  from scipy import stats
   return float(stats.wilcoxon(d).pvalue)
 
 

@@ -8,7 +8,9 @@ a preset plus flags is always `dataclasses.replace(Config(), **preset, **flags)`
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
+import re
 from typing import Any, Optional
 
 from recae_jax.errors import UserError
@@ -425,8 +427,6 @@ def load_config(path) -> Config:
 
 def field_help() -> dict[str, str]:
   """Each Config field's trailing comment, for --help (one source of truth)."""
-  import inspect
-  import re
   out = {}
   for line in inspect.getsource(Config).splitlines():
     m = re.match(r"\s+(\w+): [^=]+=\s*(.+?)(?:\s+#\s*(.*))?$", line)

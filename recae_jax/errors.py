@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+from absl import flags, logging
+
 
 class UserError(ValueError):
   """A problem with the user's input: message is one line, shown verbatim."""
@@ -34,7 +36,6 @@ def run_main(main: Callable[[list[str]], object]) -> Callable[[list[str]], objec
   """
 
   def wrapped(argv):
-    from absl import flags, logging
     if "verbosity" in flags.FLAGS and not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:

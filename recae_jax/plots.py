@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -52,7 +53,6 @@ def _save(fig, path) -> pathlib.Path:
 
 def plot_pred_vs_actual(pred, actual, path, title: str = "") -> pathlib.Path:
   """Histograms of predicted ratings per actual rating (test pairs)."""
-  import numpy as np
   pred, actual = np.asarray(pred, float), np.asarray(actual, float)
   fig, (ax_h, ax_b) = plt.subplots(1, 2, figsize=(10, 4))
   bins = np.linspace(min(pred.min(), actual.min()) - 0.25,
@@ -78,7 +78,6 @@ def plot_reconstruction(original, reconstructed, path, title: str,
                         xlabel: str = "position", observed=None) -> pathlib.Path:
   """S0-style: one user's (or movie's) ratings and the model's reconstruction
   of them, side by side. With `observed`, imputed originals are drawn hollow."""
-  import numpy as np
   original = np.asarray(original, float)
   reconstructed = np.asarray(reconstructed, float)
   x = np.arange(len(original))
@@ -102,7 +101,6 @@ def plot_embedding_2d(xy_Nx2, labels, path, title: str,
                       annotate: dict | None = None) -> pathlib.Path:
   """Scatter of 2-D item embeddings coloured by label (e.g. primary genre);
   `annotate` maps row index -> text for a few points."""
-  import numpy as np
   xy = np.asarray(xy_Nx2, float)
   labels = np.asarray(labels, dtype=object)
   names, counts = np.unique(labels, return_counts=True)

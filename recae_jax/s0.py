@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recae_jax import config as config_lib
-from recae_jax import engine, impute, models, optim
+from recae_jax import engine, impute, models, optim, plots
 from recae_jax.batching import DenseBatcher
 from recae_jax.data import sparse
 from recae_jax.data.types import Dataset, Ratings
@@ -205,7 +205,6 @@ def _reconstruct(model, params, x_UxI):
 def plot_vector(original, reconstructed, observed, path, title: str,
                 xlabel: str):
   """Original (observed / imputed marked apart) vs reconstructed ratings."""
-  from recae_jax import plots
   return plots.plot_reconstruction(original, reconstructed, path, title, xlabel,
                                    observed=observed)
 

@@ -33,6 +33,7 @@ Mult-VAE/DAE, RecVAE and CDAE (`TRAINED`) train on the project's one engine (`ta
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pathlib
 import tempfile
@@ -161,7 +162,6 @@ PER_USER_FILE = "test_per_user.npz"
 def test_set_key(protocol: Protocol) -> str:
   """A fingerprint of the test set (dataset, test users' fold-in and predict
   clicks): runs with equal keys were evaluated on the same test set."""
-  import hashlib
   h = hashlib.sha256(f"topn:{protocol.dataset.name}:{protocol.n_items}".encode())
   for r in (protocol.test_in, protocol.test_out):
     order = np.lexsort((r.items, r.users))
@@ -473,12 +473,6 @@ def restore_fitted(config: Config, protocol: Protocol, workdir,
   params = engine.member(best_params, best)
   return {"scorer": scorer_of(task.model), "model": task.model, "params": params,
           "ctx": {"params": params, "inputs": protocol.inputs}}
-
-
-def headline(results: dict) -> dict:
-  """NDCG@100, Recall@20, Recall@50 on test (the Mult-VAE paper's table)."""
-  t = results["test"]
-  return {k: t.get(k) for k in ("ndcg@100", "recall@20", "recall@50")}
 
 
 # ------------------------------------------------- rating AEs on this protocol

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.metadata as md
 import json
 import os
 import pathlib
+import platform
+import subprocess
+import sys
 import tempfile
 from typing import Iterator
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
 
 from recae_jax.errors import UserError
 
@@ -53,16 +61,13 @@ def run_lock(workdir: str | os.PathLike) -> Iterator[None]:
 def is_primary() -> bool:
   """Only process 0 writes workdir files in a multi-host run (orbax
   coordinates its own checkpoint writes across processes)."""
-  import jax
   return jax.process_index() == 0
 
 
 def barrier(name: str) -> None:
   """Multi-host: waits until every process gets here (a no-op in one
   process). Call it after process 0 writes files the others will read."""
-  import jax
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
 
 
@@ -85,7 +90,6 @@ def save_npy(path: str | os.PathLike, array) -> None:
   """np.save, atomically; process 0 only."""
   if not is_primary():
     return
-  import numpy as np
   with atomic_path(path, ".npy") as tmp:
     np.save(tmp, np.asarray(array))
 
@@ -94,7 +98,6 @@ def save_npz(path: str | os.PathLike, **arrays) -> None:
   """np.savez, atomically; process 0 only."""
   if not is_primary():
     return
-  import numpy as np
   with atomic_path(path, ".npz") as tmp:
     np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
 
@@ -125,13 +128,6 @@ def _default(o):
 
 def provenance(dataset_files: dict | None = None) -> dict:
   """What is needed to repeat a run: versions, code commit, device, data hashes."""
-  import importlib.metadata as md
-  import platform
-  import subprocess
-  import sys
-
-  import jax
-
   versions = {}
   for pkg in ("recae_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
               "numpy", "pandas"):
