@@ -10,7 +10,8 @@ models (sparse_fc and/or glocal_k, each averaged over its `blend_kernel_seeds`) 
 the neighbourhood model — by least squares, and applies it to their test
 predictions. With `blend_support` each weight is linear in the pair's log
 user and item support (feature-weighted linear stacking: models that need
-more data get more weight where there is more). `blend_ridge` shrinks the
+more data get more weight where there is more); `blend_rating_stats` adds
+the user's and the item's mean and std of ratings to those features. `blend_ridge` shrinks the
 weights (not the intercepts) towards 0, the penalty chosen from a grid by
 10-fold cross-validation over the validation pairs. `blend_crossfit=R`
 trains every component R times, each without another validation draw
@@ -119,17 +120,34 @@ def _design(preds: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
   return np.column_stack([meta] + [preds[:, [c]] * meta for c in range(preds.shape[1])])
 
 
-# The columns of support_features, as metrics.json's blend_support_weights names them.
+# The columns of support_features, as metrics.json's blend_support_weights names them
+# (RATING_STAT_TERMS only with blend_rating_stats).
 SUPPORT_TERMS = ("mean", "log_user_support", "log_item_support")
+RATING_STAT_TERMS = ("user_rating_mean", "item_rating_mean", "user_rating_std",
+                     "item_rating_std")
 
 
-def support_features(fit, pairs, center: np.ndarray | None = None) -> tuple:
+def support_features(fit, pairs, center: np.ndarray | None = None,
+                     rating_stats: bool = False) -> tuple:
   """[1, log1p(n_u), log1p(n_i)] of each pair (SUPPORT_TERMS), n counted in
-  the fit ratings, the last two centred and scaled by `center` ([2, 2]: mean,
+  the fit ratings; with `rating_stats` also the user's and the item's mean and
+  std of their fit ratings (RATING_STAT_TERMS; the whole fit set's for one
+  without any). All but the 1 centred and scaled by `center` ([2, F]: mean,
   std; default: these pairs')."""
   n_u = np.bincount(fit.users, minlength=fit.n_users)
   n_i = np.bincount(fit.items, minlength=fit.n_items)
-  z = np.column_stack([np.log1p(n_u[pairs.users]), np.log1p(n_i[pairs.items])])
+  cols = [np.log1p(n_u[pairs.users]), np.log1p(n_i[pairs.items])]
+  if rating_stats:
+    r = fit.ratings.astype(np.float64)
+    stats = {}
+    for side, idx, n in (("user", fit.users, n_u), ("item", fit.items, n_i)):
+      mean = np.bincount(idx, r, minlength=len(n)) / np.maximum(n, 1)
+      var = np.bincount(idx, r * r, minlength=len(n)) / np.maximum(n, 1) - mean ** 2
+      stats[side] = (np.where(n > 0, mean, r.mean()),
+                     np.where(n > 0, np.sqrt(np.maximum(var, 0.0)), r.std()))
+    cols += [stats["user"][0][pairs.users], stats["item"][0][pairs.items],
+             stats["user"][1][pairs.users], stats["item"][1][pairs.items]]
+  z = np.column_stack(cols)
   if center is None:
     center = np.stack([z.mean(0), np.maximum(z.std(0), 1e-6)])
   return np.column_stack([np.ones(len(z)), (z - center[0]) / center[1]]), center
@@ -170,10 +188,10 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
   if config.blend_support:  # features from the fit split's counts (no test rating)
     center, metas = None, []
     for s, _, _ in draws:
-      m, center = support_features(s.train, s.valid, center)
+      m, center = support_features(s.train, s.valid, center, config.blend_rating_stats)
       metas.append(m)
     meta_v = np.vstack(metas)
-    meta_t, _ = support_features(split.train, split.test, center)
+    meta_t, _ = support_features(split.train, split.test, center, config.blend_rating_stats)
   blended = len(names) > 1 or meta_v is not None
   if blended:  # one candidate penalty: just its CV RMSE, for comparing blends
     ridge, ridge_cv = choose_ridge(v, valid_t, meta_v, (lo, hi), config.blend_ridge)
@@ -186,6 +204,7 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
   valid_pred = np.clip(apply_blend(coef, v, meta_v), lo, hi)
   test_pred = np.clip(apply_blend(coef, t, meta_t), lo, hi)
   n_meta = _n_meta(meta_v)
+  terms = SUPPORT_TERMS + (RATING_STAT_TERMS if config.blend_rating_stats else ())
   # Weights at the average validation pair (the features' means are 0).
   weights = dict(zip(["intercept"] + names, coef[::n_meta].tolist()))
   te, ve = rating_errors(test_pred, test_t), rating_errors(valid_pred, valid_t)
@@ -204,7 +223,7 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
       "best_epoch": [m["metrics"]["best_epoch"] for m in members],
       "blend_weights": weights,
       **({"blend_support_weights": {
-          n: dict(zip(SUPPORT_TERMS, coef[n_meta * j:n_meta * (j + 1)].tolist()))
+          n: dict(zip(terms, coef[n_meta * j:n_meta * (j + 1)].tolist()))
           for j, n in enumerate(["intercept"] + names)}} if meta_v is not None else {}),
       "components": per_component, "member_test_rmse": per_member,
       **({"knn_choice": draws[0][2]["knn"]["choice"]} if "knn" in names else {}),

@@ -121,6 +121,7 @@ class Config:
   blend_kernel: tuple[str, ...] = ()  # add kernel models to the blend, each one component: sparse_fc and/or glocal_k (their presets)
   blend_kernel_seeds: tuple[int, ...] = (1,)  # each kernel component averages this many seeds (one engine run); one count for all, or one per --blend_kernel model
   blend_support: bool = False      # blend weights vary linearly with log user/item support in the fit split (feature-weighted stacking)
+  blend_rating_stats: bool = False  # with --blend_support: the weights also vary linearly with the user's and the item's mean and std of ratings in the fit split
   blend_ridge: tuple[float, ...] = (0.0,)  # L2 penalty per validation pair on the blend weights (not the intercepts); several: the one with the lowest 10-fold CV RMSE on validation
   blend_crossfit: int = 1          # train every component on R validation draws (valid_draw 0..R-1); the blend is fitted on all R validation sets and applied to the test predictions averaged over the R
 
@@ -134,7 +135,8 @@ class Config:
     """One member of this blend's seed ensemble: the blend options off."""
     return dataclasses.replace(self, ensemble=1, blend_uautorec=False, blend_knn=False,
                                blend_kernel=(), blend_kernel_seeds=(1,), blend_support=False,
-                               blend_ridge=(0.0,), blend_crossfit=1)
+                               blend_rating_stats=False, blend_ridge=(0.0,),
+                               blend_crossfit=1)
 
   @property
   def kernel_components(self) -> list[tuple[str, int]]:
@@ -255,6 +257,9 @@ class Config:
     if self.blend_support and not self.is_blend:
       bad("blend_support", "weights the components of a blend: add components "
           "(--ensemble, --blend_uautorec, --blend_knn or --blend_kernel)")
+    if self.blend_rating_stats and not self.blend_support:
+      bad("blend_rating_stats", "adds features to the support-weighted blend: also set "
+          "--blend_support")
     if self.blend_crossfit < 1:
       bad("blend_crossfit", f"must be >= 1, got {self.blend_crossfit}")
     if self.blend_crossfit > 1 and not self.is_blend:

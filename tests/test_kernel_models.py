@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from recae_jax import batching, engine, losses, recommend, train
+from recae_jax import batching, blend, engine, losses, recommend, train
 from recae_jax.config import load_config, make_config
 from recae_jax.data import sparse
 from recae_jax.errors import UserError
@@ -210,7 +210,7 @@ def test_lbfgs_with_minibatches_is_refused(tiny, tmp_path):
 
 
 def test_a_kernel_model_is_a_blend_component(tiny, tmp_path, monkeypatch):
-  from recae_jax import blend, config as config_lib
+  from recae_jax import config as config_lib
   dataset, _ = tiny
   monkeypatch.setitem(config_lib.PRESETS, "sparse_fc",
                       dict(config_lib.PRESETS["sparse_fc"], **SMALL))  # a quick component
@@ -277,6 +277,8 @@ def test_blend_option_errors():
     make_config("autorec", blend_kernel="sparse_fc", blend_kernel_seeds=0)
   with pytest.raises(UserError, match="--blend_support: weights the components of a blend"):
     make_config("autorec", blend_support=True)
+  with pytest.raises(UserError, match="--blend_rating_stats: .*also set --blend_support"):
+    make_config("autorec", ensemble=2, blend_rating_stats=True)
   with pytest.raises(UserError, match="--blend_ridge: penalises the weights of a blend"):
     make_config("autorec", blend_ridge="0,0.01")
   with pytest.raises(UserError, match="--blend_ridge: must be >= 0"):
@@ -290,7 +292,6 @@ def test_blend_option_errors():
 
 
 def test_support_weighted_blend_recovers_weights_that_vary_with_support():
-  from recae_jax import blend
   rng = np.random.default_rng(0)
   n = 2000
   preds = rng.uniform(1, 5, (n, 2))
@@ -341,3 +342,21 @@ def test_support_weighted_blend_recovers_weights_that_vary_with_support():
   np.testing.assert_allclose(m.mean(0), [1, 0, 0], atol=1e-12)
   m2, _ = blend.support_features(fit, pairs, center)
   np.testing.assert_array_equal(m, m2)
+
+
+def test_rating_stat_features_are_each_pairs_user_and_item_mean_and_std():
+  from recae_jax.data.types import Ratings
+  # user 0 rated items 0, 1 (2, 4); user 1 rated item 1 (5); user 2 and item 2: none
+  fit = Ratings(np.array([0, 0, 1]), np.array([0, 1, 1]), np.array([2.0, 4.0, 5.0]),
+                np.zeros(3, int), 3, 3)
+  pairs = Ratings(np.array([0, 1, 2]), np.array([1, 0, 2]), np.ones(3), np.zeros(3, int), 3, 3)
+  raw = np.stack([np.zeros(6), np.ones(6)])  # no centring: the raw features
+  m, _ = blend.support_features(fit, pairs, raw, rating_stats=True)
+  assert m.shape == (3, 1 + 6) and len(blend.SUPPORT_TERMS + blend.RATING_STAT_TERMS) == 7
+  every = np.array([2.0, 4.0, 5.0])
+  np.testing.assert_allclose(m[:, 3], [3.0, 5.0, every.mean()])      # user mean
+  np.testing.assert_allclose(m[:, 4], [4.5, 2.0, every.mean()])      # item mean
+  np.testing.assert_allclose(m[:, 5], [1.0, 0.0, every.std()])       # user std
+  np.testing.assert_allclose(m[:, 6], [0.5, 0.0, every.std()])       # item std
+  # without them: the support features alone, unchanged
+  np.testing.assert_array_equal(blend.support_features(fit, pairs, raw[:, :2])[0], m[:, :3])

@@ -344,6 +344,17 @@ def test_crossfitted_blend_fits_on_every_draw_and_averages_test_predictions(tmp_
   plain = blend.train_and_evaluate_blend(dataclasses.replace(cfg, blend_crossfit=1),
                                          tmp_path / "plain", progress=_quiet, dataset=ds)
   assert one["test_rmse"] == plain["test_rmse"] and one["n_valid"] == metrics[0]["n_valid"]
+  # support and rating-statistic features re-blend the same components: every
+  # weight gets a term per feature, and validation in-sample can only improve
+  feats = blend.train_and_evaluate_blend(dataclasses.replace(cfg, blend_support=True),
+                                         root, resume=True, progress=_quiet, dataset=ds)
+  stats = blend.train_and_evaluate_blend(
+      dataclasses.replace(cfg, blend_support=True, blend_rating_stats=True), root,
+      resume=True, progress=_quiet, dataset=ds)
+  assert set(stats["blend_support_weights"]["uautorec"]) == set(
+      blend.SUPPORT_TERMS + blend.RATING_STAT_TERMS)
+  assert stats["valid_rmse"] < feats["valid_rmse"] < res["valid_rmse"]
+  assert stats["member_test_rmse"] == res["member_test_rmse"]
 
 
 def _events(run_dir) -> dict:
