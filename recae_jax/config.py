@@ -389,8 +389,8 @@ PRESETS["glocal_k"] = dict(PRESETS["sparse_fc"], model="glocal_k", pretrain_epoc
 PRESETS["best"] = dict(PRESETS["autorec"], ensemble=5, refit=True, blend_uautorec=True,
                        blend_knn=True, blend_kernel=("sparse_fc", "glocal_k"),
                        blend_kernel_seeds=(5, 1),
-                       blend_support=True, blend_ridge=(0.0, 0.001, 0.003, 0.01, 0.03, 0.1),
-                       blend_crossfit=2)
+                       blend_support=True, blend_rating_stats=True,
+                       blend_ridge=(0.0, 0.001, 0.003, 0.01, 0.03, 0.1), blend_crossfit=3)
 
 
 def make_config(preset: Optional[str] = None, **overrides) -> Config:
