@@ -11,14 +11,14 @@ the neighbourhood model — by least squares, and applies it to their test
 predictions. With `blend_support` each weight is linear in the pair's log
 user and item support (feature-weighted linear stacking: models that need
 more data get more weight where there is more); `blend_rating_stats` adds
-the user's and the item's mean and std of ratings to those features. `blend_ridge` shrinks the
-weights (not the intercepts) towards 0, the penalty chosen from a grid by
-10-fold cross-validation over the validation pairs. `blend_crossfit=R`
-trains every component R times, each without another validation draw
-(`valid_draw`), fits the blend on all R draws' validation pairs (each
-predicted by components that never saw it: R times the pairs to fit on) and
-applies it to the components' test predictions averaged over the R. Test
-ratings never influence a weight.
+the user's and the item's mean and std of ratings to those features.
+`blend_ridge` shrinks the weights (not the intercepts) towards 0, the
+penalty chosen from a grid by 10-fold cross-validation over the validation
+pairs. `blend_crossfit=R` trains every component R times, each without
+another validation draw (`valid_draw`), fits the blend on all R draws'
+validation pairs (each predicted by components that never saw it: R times
+the pairs to fit on) and applies it to the components' test predictions
+averaged over the R. Test ratings never influence a weight.
 
 The members live in `workdir/members/` (their checkpoints there, each
 member's files in `members/mK`), U-AutoRec in `members/uautorec`, the
