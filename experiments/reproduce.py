@@ -2,7 +2,7 @@ r"""Reproduce every measured number in one go: the seed systems S0–S4 (faithfu
 and improved), I-/U-AutoRec, the `best` blend, the Pearson KNN and the top-N
 models, next to the published numbers and their protocols.
 
-  python experiments/reproduce.py --out=reports/              # 20-40 min on a 2-core CPU
+  python experiments/reproduce.py --out=reports/              # ~40 min on a 2-core CPU
   python experiments/reproduce.py --quick --only=knn_u1,autorec_u1 --out=/tmp/r
 
 Each row runs through the library in OUT/runs/<row>/ (an ordinary workdir:
@@ -101,7 +101,8 @@ def _rows() -> list[Row]:
           "GLocal-K 0.8889 (Han 2021, ML-100K u1; their code keeps the epoch with the "
           "lowest test RMSE, ours selects on validation)", 0.8889),
       Row("best_u1", "ml-100k", "u1", "best (5 I-AutoRec + U-AutoRec + kernelNet (5 seeds) "
-          "+ GLocal-K + KNN blend, support-weighted, cross-fitted over 2 validation draws)", t,
+          "+ GLocal-K + KNN blend, weights linear in support and rating statistics, "
+          "cross-fitted over 3 validation draws)", t,
           {"preset": "best"}, _U1_ANCHORS, 0.8889),
       Row("knn_u1", "ml-100k", "u1", "Pearson user-KNN k=40", "knn", {}, _SURPRISE, 0.951),
       Row("knn_tuned_u1", "ml-100k", "u1",
