@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recae_jax import baselines as bl_lib
+from recae_jax import sparse_ops
 from recae_jax.data.types import Ratings
 from recae_jax.errors import UserError
 
@@ -561,7 +562,6 @@ def _sparse_block_sim(q_CxB, entries, q_ids_B, cfg: SimilarityConfig,
   pair sum is Σ over the candidate's ratings (row r, column c, value v) of
   v · q[c]: value 1 gives n, Q_a, S_a; value x gives P, S_b; x^2 gives Q_b.
   """
-  from recae_jax import sparse_ops
   xq, x2q, mq = q_CxB
   row, col, x, x2 = entries
   b = xq.shape[1]
@@ -583,7 +583,6 @@ def _sparse_block_sim(q_CxB, entries, q_ids_B, cfg: SimilarityConfig,
 def _sparse_topk(src: _Rows, entries, q_rows: np.ndarray, bs: int, k: int,
                  cfg: SimilarityConfig):
   """Top-k for one query block on the sparse path."""
-  from recae_jax import sparse_ops
   r, m = _gather_dense(src, q_rows)
   pad = bs - len(q_rows)
   q = tuple(jnp.asarray(np.pad(a, ((0, pad), (0, 0))).T)

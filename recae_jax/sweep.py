@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from recae_jax import topn
+from recae_jax import plots, topn
 from recae_jax import train as train_lib
 from recae_jax import workdir as wd
 from recae_jax.config import Config, make_config
@@ -188,12 +188,8 @@ def _run_sweep(base, configs, workdir, *, progress, problem, labels, resume, gro
   wd.write_json(workdir / "metrics.json", results)
   if wd.is_primary():
     write_summary(workdir, labels, members, ens)
-    try:
-      from recae_jax import plots  # noqa: F401  (sets the Agg backend)
-      histories = {lb: loop_history(workdir / "members" / lb) for lb in labels}
-      plot_valid_rmse(histories, workdir / "plots" / "valid_rmse.png")
-    except ImportError:
-      pass
+    histories = {lb: loop_history(workdir / "members" / lb) for lb in labels}
+    plot_valid_rmse(histories, workdir / "plots" / "valid_rmse.png")
   progress(f"sweep of {k}: best member {labels[best_i]} test RMSE "
            f"{members[best_i]['test_rmse']:.4f}; ensemble of all {ens['ensemble_test_rmse']:.4f}"
            + (f"; best top-{ens['best_k']} on validation {ens['best_k_test_rmse']:.4f}"
@@ -230,7 +226,7 @@ def write_summary(workdir: pathlib.Path, labels: Sequence[str], members: Sequenc
 
 
 def plot_valid_rmse(histories: dict[str, list[dict]], path) -> pathlib.Path:
-  import matplotlib.pyplot as plt
+  plt = plots.plt  # pyplot with the Agg backend
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fig, ax = plt.subplots(figsize=(7, 4.5))

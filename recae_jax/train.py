@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recae_jax import compute as compute_lib
-from recae_jax import engine, loop, memory, optim, sharding
+from recae_jax import engine, loop, memory, optim, plots, sharding
 from recae_jax import workdir as wd
 from recae_jax.config import MODEL_OPTIONS, Config
 from recae_jax.data.types import Dataset, Ratings
@@ -237,13 +237,9 @@ def _train_members(base, configs, workdir, *, member_dirs, labels, resume, progr
     wd.write_json(mdir / "metrics.json", res)
     out.append(res)
   if wd.is_primary():
-    try:
-      from recae_jax import plots  # optional: matplotlib
-      for mdir, hist, res in zip(member_dirs, result.histories, out):
-        plots.plot_training_curves({mdir.name: hist}, mdir / "plots" / "loss.png",
-                                   selected_epoch=res["best_epoch"])
-    except ImportError:
-      pass
+    for mdir, hist, res in zip(member_dirs, result.histories, out):
+      plots.plot_training_curves({mdir.name: hist}, mdir / "plots" / "loss.png",
+                                 selected_epoch=res["best_epoch"])
   wd.barrier("train-and-evaluate-done")  # others may read these files next (ensembles)
   return out, result.best_params
 
