@@ -133,3 +133,17 @@ def plot_metric_curves(runs: dict[str, list[dict]], keys: tuple[str, ...], path,
     if len(runs) > 1:
       ax.legend(fontsize=8)
   return _save(fig, path)
+
+
+def plot_valid_rmse(histories: dict[str, list[dict]], path) -> pathlib.Path:
+  """Validation RMSE per epoch of a sweep's members, one line each."""
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for name, rows in histories.items():
+    pts = [(r["epoch"], r["valid_rmse"]) for r in rows if "valid_rmse" in r]
+    if pts:
+      ax.plot(*zip(*pts), label=name)
+  ax.set(xlabel="epoch", ylabel="validation RMSE", title="sweep members")
+  ax.grid(alpha=0.3)
+  if len(histories) <= 16:
+    ax.legend(fontsize=7)
+  return _save(fig, path)

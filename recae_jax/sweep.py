@@ -189,7 +189,7 @@ def _run_sweep(base, configs, workdir, *, progress, problem, labels, resume, gro
   if wd.is_primary():
     write_summary(workdir, labels, members, ens)
     histories = {lb: loop_history(workdir / "members" / lb) for lb in labels}
-    plot_valid_rmse(histories, workdir / "plots" / "valid_rmse.png")
+    plots.plot_valid_rmse(histories, workdir / "plots" / "valid_rmse.png")
   progress(f"sweep of {k}: best member {labels[best_i]} test RMSE "
            f"{members[best_i]['test_rmse']:.4f}; ensemble of all {ens['ensemble_test_rmse']:.4f}"
            + (f"; best top-{ens['best_k']} on validation {ens['best_k_test_rmse']:.4f}"
@@ -223,22 +223,3 @@ def write_summary(workdir: pathlib.Path, labels: Sequence[str], members: Sequenc
   lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |"
             for r in df.astype(object).to_dict("records")]
   (workdir / "summary.md").write_text("\n".join(lines) + "\n")
-
-
-def plot_valid_rmse(histories: dict[str, list[dict]], path) -> pathlib.Path:
-  plt = plots.plt  # pyplot with the Agg backend
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for name, rows in histories.items():
-    pts = [(r["epoch"], r["valid_rmse"]) for r in rows if "valid_rmse" in r]
-    if pts:
-      ax.plot(*zip(*pts), label=name)
-  ax.set(xlabel="epoch", ylabel="validation RMSE", title="sweep members")
-  ax.grid(alpha=0.3)
-  if len(histories) <= 16:
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
