@@ -6,7 +6,12 @@ Prints one JSON object: epoch seconds (median of --epochs after a warm-up
 epoch), compile seconds, ratings/s, model FLOPs per epoch (matmuls of the
 forward and backward passes over every row computed, padding included), the
 achieved GFLOP/s, the float32 matmul GFLOP/s measured in the same run, and
-their ratio.
+their ratio. Also the same GEMMs run bare (`bare_gemm_gflops`: the epoch's
+forward and backward matmuls at its batch and layer shapes, nothing else, in
+one compiled scan), timed alternately with the peak: `bare_fraction_of_peak`
+is what these shapes allow on this machine, `fraction_of_bare_gemms` how close
+the engine's epoch comes to it (the rest: activations, the masked loss, the
+batch gather and the optimizer's update).
 """
 
 import json
@@ -29,17 +34,49 @@ flags.DEFINE_integer("matmul_size", 2048, "square matmul size for the peak measu
 FLAGS = flags.FLAGS
 
 
-def matmul_peak_gflops(n: int, repeats: int = 10) -> float:
+def matmul(n: int):
+  """(jitted fn, args, FLOPs) of one n x n float32 matmul: the peak reference."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-  f = jax.jit(lambda a, b: a @ b)
-  f(a, b).block_until_ready()
-  times = []
+  return jax.jit(lambda a, b: a @ b), (a, b), 2.0 * n**3
+
+
+def bare_gemms(layer_shapes, batch: int, n_batches: int):
+  """(jitted fn, args, FLOPs): the matmuls `epoch_flops` counts, run bare over
+  n_batches batches: per layer the forward x @ W, the weight gradient x.T @ g
+  and (not for the first layer) the input gradient g @ W.T."""
+  keys = jax.random.split(jax.random.PRNGKey(2), len(layer_shapes) + 1)
+  ws = [0.01 * jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, layer_shapes)]
+  x = jax.random.normal(keys[-1], (n_batches, batch, layer_shapes[0][0]), jnp.float32)
+
+  def step(ws, x_B):
+    hs = [x_B]
+    for w in ws:
+      hs.append(hs[-1] @ w)
+    g = hs[-1]
+    new = [None] * len(ws)
+    for i in reversed(range(len(ws))):
+      new[i] = ws[i] - 1e-6 * (hs[i].T @ g)
+      if i:
+        g = g @ ws[i].T
+    return new, None
+
+  fn = jax.jit(lambda ws, x: jax.lax.scan(step, ws, x)[0])
+  return fn, (ws, x), epoch_flops(layer_shapes, n_batches * batch)
+
+
+def time_alternately(fns, repeats: int = 10) -> list[float]:
+  """Median seconds of each (fn, args), the fns timed in turn in every round
+  so that a machine whose speed drifts affects them alike."""
+  for fn, args in fns:
+    jax.block_until_ready(fn(*args))
+  times = [[] for _ in fns]
   for _ in range(repeats):
-    t = time.perf_counter()
-    f(a, b).block_until_ready()
-    times.append(time.perf_counter() - t)
-  return 2 * n**3 / float(np.median(times)) / 1e9
+    for t_list, (fn, args) in zip(times, fns):
+      t = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      t_list.append(time.perf_counter() - t)
+  return [float(np.median(t)) for t in times]
 
 
 def epoch_flops(layer_shapes, rows_per_epoch: int) -> float:
@@ -78,7 +115,10 @@ def main(argv):
             if k.endswith("kernel")]
   flops = epoch_flops(shapes, steps * batch) * (1 + config.dense_refeeding)
   epoch_s = float(np.median(times))
-  peak = matmul_peak_gflops(FLAGS.matmul_size)
+  bare_fn, bare_args, bare_flops = bare_gemms(shapes, batch, steps * (1 + config.dense_refeeding))
+  mm_fn, mm_args, mm_flops = matmul(FLAGS.matmul_size)
+  bare_s, mm_s = time_alternately([(bare_fn, bare_args), (mm_fn, mm_args)])
+  peak, bare = mm_flops / mm_s / 1e9, bare_flops / bare_s / 1e9
   achieved = flops / epoch_s / 1e9
   print(json.dumps({
       "preset": FLAGS.preset, "dataset": config.dataset, "orientation": config.orientation,
@@ -88,6 +128,8 @@ def main(argv):
       "compile_seconds": compile_s, "ratings_per_second": problem.n_fit / epoch_s,
       "gflop_per_epoch": flops / 1e9, "achieved_gflops": achieved,
       "matmul_peak_gflops": peak, "fraction_of_peak": achieved / peak,
+      "bare_gemm_gflops": bare, "bare_fraction_of_peak": bare / peak,
+      "fraction_of_bare_gemms": achieved / bare,
   }, indent=2))
 
 

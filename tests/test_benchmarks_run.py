@@ -1,6 +1,6 @@
 """The engine benchmarks run end to end at small settings (synthetic data, no data dir).
 
-Not a speed check: it proves sweep_bench, sparse_bench, scaling_bench and
+Not a speed check: it proves train_bench, sweep_bench, sparse_bench, scaling_bench and
 torch_reference_bench (when PyTorch is installed) still run on the engine's
 API and print the JSON keys their notes and plots read.
 """
@@ -29,6 +29,21 @@ def _run(tmp_path, script, *args):
   assert r.returncode == 0, r.stderr[-3000:]
   return json.loads(r.stdout[r.stdout.index("{") if script != "scaling_bench.py"
                              else r.stdout.index("["):])
+
+
+def test_train_bench(tmp_path):
+  out = _run(tmp_path, "train_bench.py", "--preset=autorec", *DATA, "--layers=16",
+             "--epochs=2", "--matmul_size=128")
+  # Forward + backward GEMMs of cols x 16 (the first layer: no input gradient)
+  # and 16 x cols, over every batch of the epoch, padding included.
+  steps = -(-out["rows"] // out["batch_size"])
+  assert out["gflop_per_epoch"] == pytest.approx(
+      10 * out["cols"] * 16 * out["batch_size"] * steps / 1e9)
+  for k in ("epoch_seconds_median", "matmul_peak_gflops", "fraction_of_peak",
+            "bare_gemm_gflops", "bare_fraction_of_peak", "fraction_of_bare_gemms"):
+    assert out[k] > 0, k
+  assert out["fraction_of_bare_gemms"] == pytest.approx(
+      out["achieved_gflops"] / out["bare_gemm_gflops"])
 
 
 def test_sweep_bench(tmp_path):
