@@ -10,8 +10,11 @@ their ratio. Also the same GEMMs run bare (`bare_gemm_gflops`: the epoch's
 forward and backward matmuls at its batch and layer shapes, nothing else, in
 one compiled scan), timed alternately with the peak: `bare_fraction_of_peak`
 is what these shapes allow on this machine, `fraction_of_bare_gemms` how close
-the engine's epoch comes to it (the rest: activations, the masked loss, the
-batch gather and the optimizer's update).
+the engine's epoch comes to it. And the optimizer's update alone
+(`optimizer_seconds_per_epoch`: the epoch's steps of tx.update +
+apply_updates on the model's parameters with a fixed gradient), so that the
+epoch splits into bare GEMMs, the update, and the rest (activations, the
+masked loss, the batch gather).
 """
 
 import json
@@ -21,6 +24,7 @@ from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from recae_jax import compute
 from recae_jax import flags as cfg_flags
@@ -63,6 +67,20 @@ def bare_gemms(layer_shapes, batch: int, n_batches: int):
 
   fn = jax.jit(lambda ws, x: jax.lax.scan(step, ws, x)[0])
   return fn, (ws, x), epoch_flops(layer_shapes, n_batches * batch)
+
+
+def optimizer_steps(tx, params, n_steps: int):
+  """(jitted fn, args): n_steps optimizer updates of `params` (one member's)
+  with a fixed gradient, as the engine applies them (scaled, then added)."""
+  grads = jax.tree.map(lambda p: 1e-3 * jnp.ones_like(p), params)
+
+  def step(carry, _):
+    p, opt = carry
+    upd, opt = tx.update(grads, opt, p)
+    return (optax.apply_updates(p, jax.tree.map(lambda u: 1e-3 * u, upd)), opt), None
+
+  fn = jax.jit(lambda p, opt: jax.lax.scan(step, (p, opt), None, length=n_steps)[0])
+  return fn, (params, tx.init(params))
 
 
 def time_alternately(fns, repeats: int = 10) -> list[float]:
@@ -117,7 +135,11 @@ def main(argv):
   epoch_s = float(np.median(times))
   bare_fn, bare_args, bare_flops = bare_gemms(shapes, batch, steps * (1 + config.dense_refeeding))
   mm_fn, mm_args, mm_flops = matmul(FLAGS.matmul_size)
-  bare_s, mm_s = time_alternately([(bare_fn, bare_args), (mm_fn, mm_args)])
+  fns = [(bare_fn, bare_args), (mm_fn, mm_args)]
+  if config.optimizer != "lbfgs":  # L-BFGS's update needs the loss (its line search)
+    member = jax.tree.map(lambda x: x[0], state.params)
+    fns.append(optimizer_steps(run.tx, member, steps * (1 + config.dense_refeeding)))
+  bare_s, mm_s, *opt_s = time_alternately(fns)
   peak, bare = mm_flops / mm_s / 1e9, bare_flops / bare_s / 1e9
   achieved = flops / epoch_s / 1e9
   print(json.dumps({
@@ -130,6 +152,8 @@ def main(argv):
       "matmul_peak_gflops": peak, "fraction_of_peak": achieved / peak,
       "bare_gemm_gflops": bare, "bare_fraction_of_peak": bare / peak,
       "fraction_of_bare_gemms": achieved / bare,
+      "optimizer_seconds_per_epoch": opt_s[0] if opt_s else None,
+      "optimizer_fraction_of_epoch": opt_s[0] / epoch_s if opt_s else None,
   }, indent=2))
 
 

@@ -40,7 +40,8 @@ def test_train_bench(tmp_path):
   assert out["gflop_per_epoch"] == pytest.approx(
       10 * out["cols"] * 16 * out["batch_size"] * steps / 1e9)
   for k in ("epoch_seconds_median", "matmul_peak_gflops", "fraction_of_peak",
-            "bare_gemm_gflops", "bare_fraction_of_peak", "fraction_of_bare_gemms"):
+            "bare_gemm_gflops", "bare_fraction_of_peak", "fraction_of_bare_gemms",
+            "optimizer_seconds_per_epoch", "optimizer_fraction_of_epoch"):
     assert out[k] > 0, k
   assert out["fraction_of_bare_gemms"] == pytest.approx(
       out["achieved_gflops"] / out["bare_gemm_gflops"])
