@@ -227,6 +227,9 @@ def train_and_evaluate_blend(config: Config, workdir, *, resume: bool = False,
           for j, n in enumerate(["intercept"] + names)}} if meta_v is not None else {}),
       "components": per_component, "member_test_rmse": per_member,
       **({"knn_choice": draws[0][2]["knn"]["choice"]} if "knn" in names else {}),
+      # each draw chooses its neighbourhood model on its own validation pairs
+      **({"knn_choices": [c["knn"]["choice"] for _, _, c in draws]}
+         if "knn" in names and len(draws) > 1 else {}),
       "blend_crossfit": config.blend_crossfit,
       "n_train": first["n_train"], "n_fit": first["n_fit"], "n_valid": len(valid_t),
       "n_test": first["n_test"], "n_test_fallback": first["n_test_fallback"],

@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recae_jax import blend, engine, losses, optim, train
+from recae_jax import blend, engine, impute, losses, optim, train
 from recae_jax.batching import DenseBatcher
 from recae_jax.config import make_config
 from recae_jax.errors import UserError
 from recae_jax.models import AutoEncoder, DenseInput, build_model, encode
-from recae_jax.problem import build_problem
+from recae_jax.problem import build_problem, load_split
 from recae_jax.tasks import Hyper, RatingTask
 
 
@@ -355,6 +355,16 @@ def test_crossfitted_blend_fits_on_every_draw_and_averages_test_predictions(tmp_
       blend.SUPPORT_TERMS + blend.RATING_STAT_TERMS)
   assert stats["valid_rmse"] < feats["valid_rmse"] < res["valid_rmse"]
   assert stats["member_test_rmse"] == res["member_test_rmse"]
+  # a neighbourhood component is chosen per draw, and metrics.json says which
+  knn = blend.train_and_evaluate_blend(dataclasses.replace(cfg, blend_knn=True), root,
+                                       resume=True, progress=_quiet, dataset=ds)
+  assert knn["member_test_rmse"] == res["member_test_rmse"] and "knn" in knn["components"]
+  assert len(knn["knn_choices"]) == 2 and knn["knn_choices"][0] == knn["knn_choice"]
+  for r, choice in enumerate(knn["knn_choices"]):  # what draw r's own validation picks
+    s = load_split(dataclasses.replace(cfg, valid_draw=r), ds)[1]
+    own = impute.best_neighbourhood(s.train, s.valid, s.train.concat(s.valid), s.test,
+                                    ds.rating_scale, progress=None)["choice"]
+    assert choice == own
 
 
 def _events(run_dir) -> dict:
