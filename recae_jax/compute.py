@@ -39,7 +39,19 @@ def supports(config: Config) -> tuple[bool, str]:
     why.append("dense re-feeding (dense targets)")
   if config.compute_dtype != "float32":
     why.append("bfloat16 compute")
+  if config.model == "glocal_k":
+    why.append("GLocal-K's global convolution (it reads each row's neighbouring "
+               "dense rows; use --compute=dense)")
   return (not why, ", ".join(why))
+
+
+def check(config: Config, members=()) -> list[str]:
+  """What keeps the sparse path from `config` and its members (empty if
+  nothing); a UserError if --compute=sparse was asked for anyway."""
+  bad = [why for ok, why in map(supports, tuple(members) or (config,)) if not ok]
+  if config.compute == "sparse" and bad:
+    raise UserError(f"--compute=sparse does not support {bad[0]}")
+  return bad
 
 
 def batcher_for(compute: str, config: Config, batch_size: int, mesh=None):
@@ -51,10 +63,7 @@ def batcher_for(compute: str, config: Config, batch_size: int, mesh=None):
 def choose(config: Config, rows: RowData, n_cols: int, batch_size: int, mesh=None,
            members=()) -> tuple[object, dict]:
   """(batcher, info) for config.compute in {"dense", "sparse", "auto"}."""
-  cs = tuple(members) or (config,)
-  bad = [why for ok, why in map(supports, cs) if not ok]
-  if config.compute == "sparse" and bad:
-    raise UserError(f"--compute=sparse does not support {bad[0]}")
+  bad = check(config, members)
   if config.compute != "dense" and mesh is not None and mesh.shape["model"] > 1:
     if config.compute == "sparse":
       raise UserError("--compute=sparse needs replicated parameters: use "

@@ -201,6 +201,8 @@ class AutoEncoder:
     draws = train and (self.input_dropout or self.input_noise)
     k_in, k_noise = jax.random.split(rng, 3)[:2] if draws else (None, None)
     if isinstance(inputs, SparseInput):
+      if self.global_kernel:  # its convolution reads dense neighbouring rows
+        raise ValueError("a GLocal-K model has no sparse-input path")
       x_T = inputs.x_T
       if train and self.input_dropout:
         x_T = _drop(k_in, rates.input_dropout, x_T)

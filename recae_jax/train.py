@@ -135,6 +135,7 @@ def _train_members(base, configs, workdir, *, member_dirs, labels, resume, progr
                     f"{n_train_rows} training rows (got {base.batch_size})")
   start = None
   if base.model == "glocal_k":
+    compute_lib.check(base, configs)  # before the pre-training, not after it
     start = _pretrain_local_kernels(
         base, configs, workdir, problem, labels=labels, resume=resume, progress=progress,
         group_size=group_size, shared_order=shared_order)
