@@ -133,9 +133,9 @@ def _train_members(base, configs, workdir, *, member_dirs, labels, resume, progr
   if base.optimizer == "lbfgs" and batch_size < n_train_rows:
     raise UserError(f"--optimizer=lbfgs is full-batch: set --batch_size to at least the "
                     f"{n_train_rows} training rows (got {base.batch_size})")
+  compute_lib.check(base, configs)  # a refused --compute fails before any training
   start = None
   if base.model == "glocal_k":
-    compute_lib.check(base, configs)  # before the pre-training, not after it
     start = _pretrain_local_kernels(
         base, configs, workdir, problem, labels=labels, resume=resume, progress=progress,
         group_size=group_size, shared_order=shared_order)
