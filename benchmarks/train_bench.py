@@ -2,19 +2,20 @@
 
   python benchmarks/train_bench.py --preset=autorec --dataset=ml-100k
 
-Prints one JSON object: epoch seconds (median of --epochs after a warm-up
-epoch), compile seconds, ratings/s, model FLOPs per epoch (matmuls of the
-forward and backward passes over every row computed, padding included), the
-achieved GFLOP/s, the float32 matmul GFLOP/s measured in the same run, and
+Prints one JSON object: epoch seconds (median and min of --epochs after a
+warm-up epoch), compile seconds, ratings/s, model FLOPs per epoch (matmuls of
+the forward and backward passes over every row computed, padding included),
+the achieved GFLOP/s, the float32 matmul GFLOP/s measured in the same run, and
 their ratio. Also the same GEMMs run bare (`bare_gemm_gflops`: the epoch's
 forward and backward matmuls at its batch and layer shapes, nothing else, in
-one compiled scan), timed alternately with the peak: `bare_fraction_of_peak`
-is what these shapes allow on this machine, `fraction_of_bare_gemms` how close
-the engine's epoch comes to it. And the optimizer's update alone
-(`optimizer_seconds_per_epoch`: the epoch's steps of tx.update +
-apply_updates on the model's parameters with a fixed gradient), so that the
-epoch splits into bare GEMMs, the update, and the rest (activations, the
-masked loss, the batch gather).
+one compiled scan): `bare_fraction_of_peak` is what these shapes allow on this
+machine, `fraction_of_bare_gemms` how close the engine's epoch comes to it.
+And the optimizer's update alone (`optimizer_seconds_per_epoch`: the epoch's
+steps of tx.update + apply_updates on one member's parameters, a gradient per
+step, state donated), so that the epoch splits into bare GEMMs, the update,
+and the rest (activations, the masked loss, the batch gather). The epoch, the
+peak, the bare GEMMs and the update are timed in turn, round after round, so
+that a machine whose speed drifts affects every ratio alike.
 """
 
 import json
@@ -70,31 +71,48 @@ def bare_gemms(layer_shapes, batch: int, n_batches: int):
 
 
 def optimizer_steps(tx, params, n_steps: int):
-  """(jitted fn, args): n_steps optimizer updates of `params` (one member's)
-  with a fixed gradient, as the engine applies them (scaled, then added)."""
-  grads = jax.tree.map(lambda p: 1e-3 * jnp.ones_like(p), params)
+  """(jitted fn, args): n_steps optimizer updates of `params` (one member's),
+  one gradient per step scanned in as the epoch does, the state donated as the
+  epoch donates it, the updates scaled, then added, as the engine applies them."""
+  grads = jax.tree.map(lambda p: 1e-3 * jnp.ones((n_steps,) + p.shape, p.dtype), params)
 
-  def step(carry, _):
+  def step(carry, g):
     p, opt = carry
-    upd, opt = tx.update(grads, opt, p)
+    upd, opt = tx.update(g, opt, p)
     return (optax.apply_updates(p, jax.tree.map(lambda u: 1e-3 * u, upd)), opt), None
 
-  fn = jax.jit(lambda p, opt: jax.lax.scan(step, (p, opt), None, length=n_steps)[0])
-  return fn, (params, tx.init(params))
+  fn = jax.jit(lambda p, opt, g: jax.lax.scan(step, (p, opt), g)[0], donate_argnums=(0, 1))
+  return Donating(fn, params, tx.init(params), grads)
 
 
-def time_alternately(fns, repeats: int = 10) -> list[float]:
-  """Median seconds of each (fn, args), the fns timed in turn in every round
-  so that a machine whose speed drifts affects them alike."""
-  for fn, args in fns:
-    jax.block_until_ready(fn(*args))
+class Donating:
+  """A jitted fn whose first arguments it donates and returns anew: each call
+  feeds it the previous call's outputs, so it can be timed repeatedly."""
+
+  def __init__(self, fn, *args, fixed: int = 1):
+    self.fn, self.args, self.fixed = fn, list(args), fixed
+
+  def __call__(self):
+    carried = self.args[:-self.fixed]
+    out = self.fn(*carried, *self.args[-self.fixed:])
+    out = out if isinstance(out, tuple) else (out,)
+    self.args[:len(carried)] = out[:len(carried)]
+    return out
+
+
+def time_alternately(fns, repeats: int = 10) -> list[list[float]]:
+  """Seconds of every call of each fn (a zero-argument callable), the fns
+  timed in turn in every round so that a machine whose speed drifts affects
+  them alike; each is called once untimed first (compile, warm-up)."""
+  for fn in fns:
+    jax.block_until_ready(fn())
   times = [[] for _ in fns]
   for _ in range(repeats):
-    for t_list, (fn, args) in zip(times, fns):
+    for t_list, fn in zip(times, fns):
       t = time.perf_counter()
-      jax.block_until_ready(fn(*args))
+      jax.block_until_ready(fn())
       t_list.append(time.perf_counter() - t)
-  return [float(np.median(t)) for t in times]
+  return times
 
 
 def epoch_flops(layer_shapes, rows_per_epoch: int) -> float:
@@ -119,27 +137,22 @@ def main(argv):
   t = time.perf_counter()
   compiled = run.epoch.lower(run.state, run.data, run.hyper).compile()
   compile_s = time.perf_counter() - t
-  state, m = compiled(run.state, run.data, run.hyper)  # warm-up
-  jax.block_until_ready(m)
-  times = []
-  for _ in range(FLAGS.epochs):
-    t = time.perf_counter()
-    state, m = compiled(state, run.data, run.hyper)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t)
+  epoch = Donating(compiled, run.state, run.data, run.hyper, fixed=2)
+  state = run.state  # only its shapes are read below (the epoch donates it)
   # Layers in forward order (enc_0 first: its input needs no gradient).
   order = lambda k: (k.startswith("dec_"), int(k.split("_")[1]))
   shapes = [tuple(state.params[k].shape[1:]) for k in sorted(state.params, key=order)
             if k.endswith("kernel")]
   flops = epoch_flops(shapes, steps * batch) * (1 + config.dense_refeeding)
-  epoch_s = float(np.median(times))
   updates = steps * (1 + config.dense_refeeding)  # re-feeding: one more update per step
   bare_fn, bare_args, bare_flops = bare_gemms(shapes, batch, updates)
   mm_fn, mm_args, mm_flops = matmul(FLAGS.matmul_size)
-  fns = [(bare_fn, bare_args), (mm_fn, mm_args)]
+  fns = [epoch, lambda: bare_fn(*bare_args), lambda: mm_fn(*mm_args)]
   if config.optimizer != "lbfgs":  # L-BFGS's update needs the loss (its line search)
     fns.append(optimizer_steps(run.tx, engine.member(state.params, 0), updates))
-  bare_s, mm_s, *opt_s = time_alternately(fns)
+  times, *medians = time_alternately(fns, repeats=FLAGS.epochs)
+  epoch_s, bare_s, mm_s, *opt_s = [float(np.median(times))] + [float(np.median(t))
+                                                             for t in medians]
   peak, bare = mm_flops / mm_s / 1e9, bare_flops / bare_s / 1e9
   achieved = flops / epoch_s / 1e9
   print(json.dumps({
