@@ -223,13 +223,28 @@ def make_epoch(task, tx, batcher, *, shuffle: bool = True,
     if g == k:
       params, opt, out = run_group(state, data, rows, *trees[:4], per_member)
     else:
-      groups = jax.tree.map(lambda x: x.reshape((k // g, g) + x.shape[1:]), trees)
-      params, opt, out = jax.lax.map(
-          lambda t: run_group(state, data, t[4] if per_member else rows, *t[:4],
-                              per_member), groups)
-      params, opt = jax.tree.map(lambda x: x.reshape((k,) + x.shape[2:]), (params, opt))
-      # per-step outputs come back [groups, steps, g]: make them [steps, K]
-      out = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0).reshape(x.shape[1], k), out)
+      # A loop over groups that writes each group's state back into the
+      # stacked (donated) state in place; a lax.map over [K/g, g] reshaped
+      # trees made XLA copy the whole stacked state in and out every epoch.
+      def group(i, tree_K):
+        return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, i * g, g), tree_K)
+
+      def one(i, t):
+        return run_group(state, data, group(i, t[4]) if per_member else rows,
+                         *group(i, t[:4]), per_member)
+
+      out = jax.tree.map(lambda x: jnp.zeros(x.shape[:1] + (k,), x.dtype),
+                         jax.eval_shape(one, 0, trees)[2])  # [steps, K]
+
+      def body(i, carry):
+        params, opt, out = carry
+        p, o, y = one(i, (params, opt) + trees[2:])
+        put = lambda axis: lambda x_K, x: jax.lax.dynamic_update_slice_in_dim(
+            x_K, x, i * g, axis)
+        return (jax.tree.map(put(0), params, p), jax.tree.map(put(0), opt, o),
+                jax.tree.map(put(1), out, y))
+
+      params, opt, out = jax.lax.fori_loop(0, k // g, body, (trees[0], trees[1], out))
     loss, aux = out
     state = state.replace(step=state.step + n_batches, params=params,
                           opt_state=opt, order_rng=order_rng)
