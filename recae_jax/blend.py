@@ -43,9 +43,9 @@ from recae_jax.errors import UserError
 from recae_jax.metrics import rating_errors
 from recae_jax.problem import build_problem, load_split
 
-_DATA_FIELDS = ("dataset", "data_dir", "columns", "split", "test_fraction", "time_quantile",
-                "valid_fraction", "min_user_ratings", "min_item_ratings", "split_seed",
-                "valid_draw", "eval_batch_size", "fallback", "dense_budget_mb")
+_DATA_FIELDS = ("dataset", "data_dir", "columns", "duplicates", "split", "test_fraction",
+                "time_quantile", "valid_fraction", "min_user_ratings", "min_item_ratings",
+                "split_seed", "valid_draw", "eval_batch_size", "fallback", "dense_budget_mb")
 
 
 def _finished(dirs) -> bool:

@@ -36,6 +36,7 @@ class Config:
   dataset: str = "ml-100k"         # MovieLens name, a ratings file, or synthetic:<ml-20m|netflix|UxIxN>
   data_dir: Optional[str] = None
   columns: str = ""                # generic files: user=COL,item=COL,rating=COL[,timestamp=COL]; "" = find by name
+  duplicates: str = "error"        # a repeated (user, item) rating in a ratings file: "error", or "last" keeps the latest of each
   split: str = "u1"
   test_fraction: float = 0.1       # "random" split
   time_quantile: float = 0.98      # "time" split
@@ -154,6 +155,8 @@ class Config:
   def validate(self) -> "Config":
     def bad(name, msg):
       raise UserError(f"--{name}: {msg}")
+    if self.duplicates not in ("error", "last"):
+      bad("duplicates", f"must be 'error' or 'last', got {self.duplicates!r}")
     if self.orientation not in ("item", "user"):
       bad("orientation", f"must be 'item' or 'user', got {self.orientation!r}")
     if not self.layers or any(w <= 0 for w in self.layers):
@@ -346,7 +349,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 TOPN_DEFAULTS = dict(min_user_ratings=5, batch_size=100, epochs=100, learning_rate=1e-3,
                      eval_batch_size=256, optimizer="adam", input_dropout=0.5)
 # The fields a top-N run reads (experiments/topn.py defines a flag for each).
-TOPN_FIELDS = ("dataset", "data_dir", "columns", "threshold", "min_user_ratings",
+TOPN_FIELDS = ("dataset", "data_dir", "columns", "duplicates", "threshold", "min_user_ratings",
                "n_test_users", "n_valid_users", "fold_in_fraction", "split_seed", "seed",
                "hidden", "latent", "input_dropout", "l2", "learning_rate", "batch_size",
                "epochs", "anneal_cap", "anneal_steps", "kl_gamma", "enc_epochs",

@@ -10,6 +10,7 @@ it like any ValueError. Ctrl-C / SIGTERM during training end as `Interrupted`
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Callable
 
 from absl import flags, logging
@@ -28,14 +29,28 @@ class Interrupted(Exception):
     self.exit_code = exit_code
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+  """UserWarnings (dropped duplicates, ...) as one `warning:` line, without
+  the source line Python would print after them."""
+  if issubclass(category, UserWarning):
+    print(f"warning: {message}", file=file or sys.stderr)
+  else:
+    _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def run_main(main: Callable[[list[str]], object]) -> Callable[[list[str]], object]:
-  """Wraps an absl `main` so a UserError prints one line and exits 2.
+  """Wraps an absl `main` so a UserError prints one line and exits 2, and a
+  UserWarning prints one `warning:` line.
 
   Positional arguments are refused here, once for every script (they all take
   flags only): a stray word would otherwise be ignored silently.
   """
 
   def wrapped(argv):
+    warnings.showwarning = _show_warning
     if "verbosity" in flags.FLAGS and not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:

@@ -139,11 +139,17 @@ def eval_set(config: Config, inputs: Ratings, pairs: Ratings, n_rows: int) -> Ev
                  int(need.sum()))
 
 
+def load_dataset(config: Config) -> Dataset:
+  """The dataset a run's config names: --dataset, --data_dir, --columns and
+  --duplicates (every run kind loads its data here)."""
+  return movielens.load_dataset(config.dataset, config.data_dir, columns=config.columns,
+                                duplicates=config.duplicates)
+
+
 def load_split(config: Config, dataset: Optional[Dataset] = None) -> tuple[Dataset, Split]:
   """The config's dataset (or the one given) and its split."""
   if dataset is None:
-    dataset = movielens.load_dataset(config.dataset, config.data_dir,
-                                     **({"columns": config.columns} if config.columns else {}))
+    dataset = load_dataset(config)
   split = splits.make_split(
       dataset, config.split, test_fraction=config.test_fraction,
       time_quantile=config.time_quantile, valid_fraction=config.valid_fraction,

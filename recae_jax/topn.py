@@ -48,11 +48,11 @@ from recae_jax import engine, loop, optim, ranking, topn_models
 from recae_jax import workdir as wd
 from recae_jax.batching import DenseBatcher
 from recae_jax.config import TOPN_DEFAULTS, TOPN_MODELS, Config, make_config
-from recae_jax.data import movielens, sparse, splits
+from recae_jax.data import sparse, splits
 from recae_jax.data.types import Dataset, Ratings, Split
 from recae_jax.errors import UserError
 from recae_jax.models import MultVAE
-from recae_jax.problem import RowData
+from recae_jax.problem import RowData, load_dataset
 from recae_jax.tasks import Hyper, MultinomialTask
 
 MODELS = TOPN_MODELS
@@ -111,7 +111,7 @@ def make_protocol(config: Config, dataset: Optional[Dataset] = None,
   `test_users` (user indices; `user_folds` passes one fold) replaces the
   seeded draw of `n_test_users` test users."""
   if dataset is None:
-    dataset = movielens.load_dataset(config.dataset, config.data_dir)
+    dataset = load_dataset(config)
   if test_users is None:
     outer = splits.make_split(dataset, "heldout_users", n_heldout_users=config.n_test_users,
                               implicit_threshold=config.threshold,
@@ -146,6 +146,16 @@ def make_protocol(config: Config, dataset: Optional[Dataset] = None,
                   np.intersect1d(_users_of(test_in), _users_of(test_out)))
 
 
+def check_cutoffs(config: Config, protocol: Protocol) -> None:
+  """--select_k and --ks within the candidate items, checked before training."""
+  n_cand = int(protocol.candidates_I.sum())
+  for name, ks in (("select_k", (config.select_k,)), ("ks", config.ks)):
+    if max(ks) > n_cand:
+      raise UserError(f"--{name}={','.join(map(str, ks))}: rankings have at most "
+                      f"{n_cand} items here (those clicked by training users of "
+                      f"{protocol.dataset.name}); choose cut-offs up to {n_cand}")
+
+
 def evaluate_users(score_fn, ctx, protocol: Protocol, users: np.ndarray,
                    ks=(20, 50, 100), block_size: int = 256, per_user: bool = False):
   """Ranking metrics for held-out `users`: fold-in items excluded; with
@@ -173,9 +183,11 @@ def test_set_key(protocol: Protocol) -> str:
 def save_per_user(path: pathlib.Path, protocol: Protocol, per: dict) -> None:
   """workdir/test_per_user.npz: the test users (indices and dataset ids), their
   NDCG@k / Recall@k, and `test_key` (for `recae_jax.compare`)."""
-  users = per["users"]
-  wd.save_npz(path / PER_USER_FILE, user_ids=np.asarray(protocol.dataset.user_ids)[users],
-              test_key=np.array(test_set_key(protocol)), **per)
+  ids = np.asarray(protocol.dataset.user_ids)[per["users"]]
+  if ids.dtype == object:  # string ids: an object array would need pickle to load
+    ids = ids.astype(str)
+  wd.save_npz(path / PER_USER_FILE, user_ids=ids, test_key=np.array(test_set_key(protocol)),
+              **per)
 
 
 # ------------------------------------------------------------- Mult-VAE / DAE
@@ -285,6 +297,7 @@ def run_sweep(base: Config, members: Sequence[Config], workdir, *,
   wd.write_json(workdir / "config.json", {"base": base.to_json(),
                                           "members": [c.to_json() for c in members]})
   protocol = make_protocol(base)
+  check_cutoffs(base, protocol)
   labels = [f"k{i:02d}" for i in range(len(members))]
   dirs = [workdir / "members" / lb for lb in labels]
   fitted = train_mult(base, protocol, progress, workdir=workdir, resume=resume,
@@ -397,6 +410,7 @@ def run(config: Config, workdir=None, *, protocol: Optional[Protocol] = None,
       raise UserError(f"--user_folds={config.user_folds}: run the folds with "
                       "recae_jax.user_folds.run_folds (experiments/train.py does)")
     protocol = make_protocol(config)
+  check_cutoffs(config, protocol)
   path = None if workdir is None else wd.ensure_writable(workdir)
   if config.model in TRAINED:  # checkpoints + history via the loop
     out = train_mult(config, protocol, progress, workdir=path, resume=resume)

@@ -36,9 +36,10 @@ import numpy as np
 from recae_jax import topn
 from recae_jax import workdir as wd
 from recae_jax.config import Config
-from recae_jax.data import movielens, splits
+from recae_jax.data import splits
 from recae_jax.data.types import Dataset
 from recae_jax.errors import UserError
+from recae_jax.problem import load_dataset
 
 FOLD_FILE = "fold.json"
 Z95 = 1.959963984540054
@@ -115,7 +116,7 @@ def run_folds(config: Config, workdir, *, resume: bool = False,
     raise UserError(f"--user_folds={config.user_folds}: run_folds needs >= 2 folds")
   root = wd.ensure_writable(workdir)
   if dataset is None:
-    dataset = movielens.load_dataset(config.dataset, config.data_dir)
+    dataset = load_dataset(config)
   folds = fold_users(config, dataset)
   wd.write_json(root / "config.json", config.to_json())
   k = len(folds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import calendar
+import dataclasses
 import datetime
 import importlib.util
 import json
@@ -309,6 +310,75 @@ def test_duplicates_in_string_id_file(tmp_path):
   with pytest.warns(UserWarning, match="dropped 1 repeated"):
     ds = load_dataset(path, duplicates="last")
   assert _triples(ds) == {("A", "B", 5.0, 20), ("C", "B", 2.0, 10)}
+
+
+def _clicks_file(tmp_path) -> tuple[str, int]:
+  """Headers no alias matches and a text column between them (so --columns is
+  needed), 60 users x 12 of 30 items, and one (user, item) rated twice;
+  returns (path, lines of data)."""
+  rng = np.random.default_rng(0)
+  rows = [f"u{u},nice,p{i},{rng.integers(1, 6)}" for u in range(60)
+          for i in rng.choice(30, 12, replace=False)]
+  rows.append(rows[0].rsplit(",", 1)[0] + ",5")
+  return (_write(tmp_path, "reviewer,note,product,grade\n" + "\n".join(rows) + "\n"),
+          len(rows))
+
+
+def test_columns_and_duplicates_reach_every_run_kind(tmp_path):
+  """--columns and --duplicates are read wherever a run loads its data:
+  rating splits, the top-N protocol and --user_folds (the top-N paths once
+  loaded the file without them)."""
+  from recae_jax import config as config_lib, problem, topn, user_folds
+
+  path, n_lines = _clicks_file(tmp_path)
+  cols = "user=reviewer,item=product,rating=grade"
+  cfg = config_lib.make_config("ease", dataset=path, columns=cols, n_test_users=10,
+                               n_valid_users=10, ks=(5, 10), select_k=10)
+  assert "(--duplicates=last)" in _error(topn.make_protocol, cfg)
+  cfg = config_lib.make_config("ease", dataset=path, columns=cols, n_test_users=10,
+                               n_valid_users=10, ks=(5, 10), select_k=10,
+                               duplicates="last")
+  with pytest.warns(UserWarning, match="dropped 1 repeated"):
+    protocol = topn.make_protocol(cfg)
+  assert len(protocol.dataset.ratings) == n_lines - 1
+  assert protocol.dataset.user_ids[0] == "u0" and len(protocol.test_users) == 10
+  with pytest.warns(UserWarning, match="dropped 1 repeated"):
+    summary = user_folds.run_folds(dataclasses.replace(cfg, user_folds=2),
+                                   tmp_path / "folds", progress=lambda _: None)
+  r = protocol.dataset.ratings
+  clicks = np.bincount(r.users[r.ratings >= cfg.threshold], minlength=r.n_users)
+  assert summary["n_users"] == summary["n_eligible_users"] == int((clicks >= 5).sum()) > 20
+  # string ids are saved loadable without pickle (compare.py reads them too)
+  assert user_folds.load_per_user(tmp_path / "folds" / "fold_0")["user_ids"][0][0] == "u"
+  rating = config_lib.make_config("autorec", dataset=path, columns=cols, split="random",
+                                  duplicates="last")
+  with pytest.warns(UserWarning, match="dropped 1 repeated"):
+    dataset, split = problem.load_split(rating)
+  assert len(split.train) + len(split.test) + len(split.valid) == n_lines - 1
+  msg = _error(topn.run, dataclasses.replace(cfg, select_k=100), protocol=protocol)
+  assert msg.startswith("--select_k=100: rankings have at most 30 items")
+  msg = _error(topn.run, dataclasses.replace(cfg, ks=(20, 50)), protocol=protocol)
+  assert msg.startswith("--ks=20,50: rankings have at most 30 items")
+  assert "Unknown" not in _error(config_lib.make_config, "autorec", duplicates="first")
+
+
+def test_script_duplicates_flag_and_one_line_warning(tmp_path):
+  """train.py takes --duplicates (the error names it); its warning is one line."""
+  path, _ = _clicks_file(tmp_path)
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  args = [sys.executable, str(REPO / "experiments" / "train.py"), f"--dataset={path}",
+          "--columns=user=reviewer,item=product,rating=grade", "--split=random",
+          "--epochs=1", "--layers=8"]
+  proc = subprocess.run(args + [f"--workdir={tmp_path / 'a'}"], capture_output=True,
+                        text=True, env=env, timeout=300)
+  assert proc.returncode == 2 and "(--duplicates=last)" in proc.stderr, proc.stderr
+  proc = subprocess.run(args + [f"--workdir={tmp_path / 'b'}", "--duplicates=last"],
+                        capture_output=True, text=True, env=env, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  warned = [line for line in proc.stderr.splitlines() if "repeated" in line]
+  assert warned == [f"warning: {path}: dropped 1 repeated (user, item) ratings, "
+                    f"keeping the latest of each"], proc.stderr
+  assert json.loads((tmp_path / "b" / "config.json").read_text())["duplicates"] == "last"
 
 
 def test_bom_blank_and_crlf(tmp_path):
