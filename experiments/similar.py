@@ -36,7 +36,8 @@ def main(argv):
   emb = recommend.item_embeddings(rec)
   q, table = recommend.similar_items(rec, emb, FLAGS.movie, FLAGS.k)
   title = recommend.titles(rec.dataset)[q]
-  movie_id = int(rec.dataset.item_ids[q])
+  movie_id = rec.dataset.item_ids[q]
+  movie_id = movie_id.item() if hasattr(movie_id, "item") else movie_id  # int or str id
   if FLAGS.json:
     print(json.dumps({"movie_id": movie_id, "title": title,
                       "embedding_dim": int(emb.shape[1]),

@@ -210,3 +210,31 @@ def test_from_frame_with_string_ids_trains_and_predicts_in_original_ids(tmp_path
   assert fallback.tolist() == [False, True] and np.all(np.isfinite(pred))
   r1 = recommend.recommend(rec, "A00001X", k=3)
   assert all(str(i).startswith("B") for i in r1.items["movie_id"])
+
+
+def test_scripts_on_a_string_id_ratings_file(tmp_path):
+  """similar.py / recommend.py / predict.py on a run trained from a ratings
+  file with string ids (similar.py once crashed on int(item id))."""
+  ds0, _ = low_rank_ratings(n_users=80, n_items=40)
+  r = ds0.ratings
+  lines = [f"A{u:04d},B{i:04d},{x:g}" for u, i, x in zip(r.users, r.items, r.ratings)]
+  csv = tmp_path / "shop.csv"
+  csv.write_text("who,asin,stars\n" + "\n".join(lines) + "\n")
+  d = tmp_path / "run"
+  runs.run(make_config("autorec", dataset=str(csv), columns="user=who", split="random",
+                       layers=(8,), epochs=2, batch_size=16), d, progress=lambda _: None)
+  pairs = tmp_path / "pairs.csv"
+  pairs.write_text("user,item\nA0001,B0002\nnobody,B0003\n")
+  outs = {}
+  for args in (["similar.py", f"--workdir={d}", "--movie=B0003", "--k=2", "--json"],
+               ["recommend.py", f"--workdir={d}", "--user=A0001", "--k=3", "--json"],
+               ["predict.py", f"--workdir={d}", f"--pairs={pairs}",
+                f"--out={tmp_path / 'pred.csv'}"]):
+    p = subprocess.run([sys.executable, f"experiments/{args[0]}", *args[1:]],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, (args, p.stderr[-2000:])
+    outs[args[0]] = json.loads(p.stdout)
+  similar = outs["similar.py"]
+  assert similar["movie_id"] == "B0003"
+  assert [s["movie_id"][0] for s in similar["similar"]] == ["B", "B"]
+  assert outs["predict.py"]["fallback"] == 1
