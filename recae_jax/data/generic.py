@@ -378,7 +378,9 @@ def timestamps_column(values, where: _Where, column=None) -> np.ndarray:
 
 def _dedupe(where: _Where, users, items, ts, n_items, user_ids, item_ids,
             duplicates: str) -> Optional[np.ndarray]:
-  """As movielens._dedupe, with rows named by `where`."""
+  """None if all (user, item) pairs are distinct, else the rows to keep: an
+  error naming a repeated pair's rows, or (duplicates="last") the latest of
+  each pair by timestamp, then by row, with a warning."""
   keys = users.astype(np.int64) * n_items + items
   if len(keys) < 2 or np.all(keys[1:] > keys[:-1]):
     return None

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -204,31 +203,11 @@ def _lookup(path, known: np.ndarray, ids: np.ndarray, first: int,
 def _dedupe(path, users: np.ndarray, items: np.ndarray, ts: np.ndarray,
             n_items: int, user_ids: np.ndarray, item_ids: np.ndarray,
             first: int, duplicates: str) -> Optional[np.ndarray]:
-  """None if all (user, item) pairs are distinct, else the rows to keep."""
-  keys = users.astype(np.int64) * n_items + items
-  if len(keys) < 2 or np.all(keys[1:] > keys[:-1]):  # sorted files: O(n)
-    return None
-  order = np.argsort(keys, kind="stable")
-  sorted_keys = keys[order]
-  dup = sorted_keys[1:] == sorted_keys[:-1]
-  if not dup.any():
-    return None
-  n_dup = int(dup.sum())
-  if duplicates == "error":
-    row = int(order[1:][dup].min())  # earliest repeat in file order
-    rows = np.flatnonzero(keys == keys[row])
-    lines = ", ".join(str(first + r) for r in rows[:5])
-    raise UserError(
-        f"{path}: user {user_ids[users[row]]} rated item "
-        f"{item_ids[items[row]]} more than once (lines {lines}); {n_dup} "
-        f"repeated (user, item) ratings in all; pass duplicates='last' to "
-        f"keep the latest of each")
-  order = np.lexsort((np.arange(len(keys)), ts, keys))
-  sorted_keys = keys[order]
-  last = np.append(sorted_keys[1:] != sorted_keys[:-1], True)
-  warnings.warn(f"{path}: dropped {n_dup} repeated (user, item) ratings, "
-                f"keeping the latest of each", stacklevel=3)
-  return np.sort(order[last])
+  """None if all (user, item) pairs are distinct, else the rows to keep
+  (generic's rule; rows named as lines from `first`)."""
+  where = generic._Where(str(path), "line", generic._lines_from(first))
+  return generic._dedupe(where, users, items, ts, n_items, user_ids, item_ids,
+                         duplicates)
 
 
 # ----------------------------------------------------------- side tables
