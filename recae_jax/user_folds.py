@@ -100,8 +100,14 @@ def _finished(d: pathlib.Path) -> bool:
 
 
 def load_per_user(d: pathlib.Path) -> dict:
-  with np.load(d / topn.PER_USER_FILE) as z:
-    return {k: z[k] for k in z.files}
+  path = d / topn.PER_USER_FILE
+  with np.load(path) as z:
+    try:
+      return {k: z[k] for k in z.files}
+    except ValueError:  # an object array: string ids saved before they were str arrays
+      raise UserError(f"{path}: its string user ids were saved in a form that needs "
+                      f"pickle to load (an older version); run this top-N run again "
+                      f"into a new workdir") from None
 
 
 def run_folds(config: Config, workdir, *, resume: bool = False,

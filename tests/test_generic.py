@@ -350,6 +350,10 @@ def test_columns_and_duplicates_reach_every_run_kind(tmp_path):
   assert summary["n_users"] == summary["n_eligible_users"] == int((clicks >= 5).sum()) > 20
   # string ids are saved loadable without pickle (compare.py reads them too)
   assert user_folds.load_per_user(tmp_path / "folds" / "fold_0")["user_ids"][0][0] == "u"
+  old = tmp_path / "old"  # as written before: an object array of ids
+  old.mkdir()
+  np.savez(old / topn.PER_USER_FILE, user_ids=np.array(["u0"], dtype=object))
+  assert "needs pickle to load" in _error(user_folds.load_per_user, old)
   rating = config_lib.make_config("autorec", dataset=path, columns=cols, split="random",
                                   duplicates="last")
   with pytest.warns(UserWarning, match="dropped 1 repeated"):
