@@ -51,6 +51,10 @@ flags.DEFINE_string("dataset", "ml-100k", "dataset name or path to a "
                     "user,item,rating[,timestamp] file")
 flags.DEFINE_string("data_dir", None, "directory holding the dataset "
                     "(default: $RECAE_DATA_DIR, then the cache)")
+flags.DEFINE_string("columns", "", "ratings files: user=COL,item=COL,rating=COL"
+                    "[,timestamp=COL]; \"\" = find the columns by header name")
+flags.DEFINE_enum("duplicates", "error", ["error", "last"], "a repeated (user, item) "
+                  "rating in a ratings file: error, or last keeps the latest of each")
 flags.DEFINE_string("split", "u1", "split name (u1..u5, ua, ub, random, time)")
 flags.DEFINE_list("folds", None, "run these splits and report mean/std "
                   "(e.g. u1,u2,u3,u4,u5); overrides --split")
@@ -199,12 +203,13 @@ def main(argv):
   _checked("denominator", lambda: impute.KNNConfig(
       denominator=FLAGS.denominator))
   _checked("min_k", lambda: impute.KNNConfig(min_k=FLAGS.min_k))
-  dataset = movielens.load_dataset(FLAGS.dataset, FLAGS.data_dir)
+  dataset = movielens.load_dataset(FLAGS.dataset, FLAGS.data_dir, columns=FLAGS.columns,
+                                   duplicates=FLAGS.duplicates)
   cfg = _config(dataset.rating_scale)
   folds = FLAGS.folds or [FLAGS.split]
   config = {k: FLAGS[k].value for k in (
-      "dataset", "data_dir", "split", "folds", "test_fraction", "seed",
-      "neighbors", "similarity", "centering", "min_support", "shrinkage",
+      "dataset", "data_dir", "columns", "duplicates", "split", "folds", "test_fraction",
+      "seed", "neighbors", "similarity", "centering", "min_support", "shrinkage",
       "denominator", "positive_only", "min_k", "round_to", "block_size",
       "save_matrix", "workdir", "baseline", "orientation", "baseline_only",
       "select", "valid_fraction")}

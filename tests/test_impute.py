@@ -239,6 +239,25 @@ def test_script_on_tiny_csv(tmp_path):
   assert np.load(out / "filled.npy").shape == (40, 30)
 
 
+def test_script_columns_and_duplicates(tmp_path):
+  """impute.py takes --columns and --duplicates as train.py does."""
+  rng = np.random.default_rng(1)
+  rows = [f"A{u},x,B{i},{rng.integers(1, 6)}" for u in range(30) for i in range(20)
+          if rng.random() < 0.5]
+  path = tmp_path / "shop.csv"
+  path.write_text("who,note,what,stars\n" + "\n".join(rows + [rows[0]]) + "\n")
+  res = _script(f"--dataset={path}", "--columns=user=who,item=what", "--split=random",
+                f"--workdir={tmp_path / 'a'}")
+  assert res.returncode == 2 and "Traceback" not in res.stderr
+  assert "more than once" in res.stderr and "--duplicates=last" in res.stderr
+  res = _script(f"--dataset={path}", "--columns=user=who,item=what", "--duplicates=last",
+                "--split=random", f"--workdir={tmp_path / 'b'}")
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert "warning: " in res.stderr and "dropped 1 repeated" in res.stderr
+  config = json.loads((tmp_path / "b" / "config.json").read_text())
+  assert config["columns"] == "user=who,item=what" and config["n_users"] == 30
+
+
 def test_script_bad_flag(tmp_path):
   res = _script("--neighbors=-3", f"--workdir={tmp_path}")
   assert res.returncode == 2
