@@ -121,6 +121,24 @@ def test_time_split_synthetic(syn):
   assert np.isin(s.test.items, s.train.items).all()
 
 
+def test_a_split_with_no_test_ratings_is_an_error(syn):
+  """An empty test set used to train and report test RMSE 0.0000."""
+  r = syn.ratings
+  untimed = Dataset(name="f.csv", ratings=Ratings(r.users, r.items, r.ratings,
+                                                  np.zeros_like(r.timestamps),
+                                                  r.n_users, r.n_items),
+                    user_ids=syn.user_ids, item_ids=syn.item_ids,
+                    rating_scale=syn.rating_scale)
+  with pytest.raises(UserError, match="every rating has the same timestamp .0.*"
+                                      "--columns=timestamp=COL"):
+    make_split(untimed, "time")
+  with pytest.raises(UserError, match="--split=time leaves no test ratings.*"
+                                      "lower --time_quantile"):
+    make_split(syn, "time", time_quantile=1.0)
+  with pytest.raises(UserError, match="--split=random leaves no test ratings"):
+    make_split(syn, "random", test_fraction=1e-9)
+
+
 def test_k_core_and_implicit(syn):
   s = make_split(syn, "random", min_user_ratings=60, min_item_ratings=40)
   kept = s.train.concat(s.test)

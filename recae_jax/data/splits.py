@@ -167,6 +167,11 @@ def make_split(dataset: Dataset, name: str, *, test_fraction: float = 0.1,
       raise UserError(f"time_quantile={time_quantile} must be in (0, 1]")
     if len(ratings) == 0:
       raise UserError("no ratings left after filtering")
+    if np.all(ratings.timestamps == ratings.timestamps[0]):
+      raise UserError(f"--split=time: every rating has the same timestamp "
+                      f"({ratings.timestamps[0]}), so none comes later; a file without a "
+                      f"timestamp column reads as all 0 (name it with "
+                      f"--columns=timestamp=COL), or use --split=random")
     cut = np.quantile(ratings.timestamps, time_quantile)
     is_train = ratings.timestamps <= cut
     train = ratings.subset(is_train)
@@ -196,6 +201,12 @@ def make_split(dataset: Dataset, name: str, *, test_fraction: float = 0.1,
     is_test = out_users[ratings.users]
     train, test = ratings.subset(~is_test), ratings.subset(is_test)
 
+  if len(test) == 0:
+    raise UserError(f"--split={name} leaves no test ratings in {len(ratings)} (a test "
+                    f"RMSE of nothing would read as 0); "
+                    + ("lower --time_quantile" if name == "time" else
+                       "raise --test_fraction" if name == "random" else
+                       "use more data or another --split"))
   valid = None
   if valid_fraction > 0:
     # draw r reads split seed seed+r's validation stream: on a fold file's
