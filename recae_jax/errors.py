@@ -29,6 +29,9 @@ class Interrupted(Exception):
     self.exit_code = exit_code
 
 
+_default_showwarning = warnings.showwarning
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
   """UserWarnings (dropped duplicates, ...) as one `warning:` line, without
   the source line Python would print after them."""
@@ -36,9 +39,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=file or sys.stderr)
   else:
     _default_showwarning(message, category, filename, lineno, file, line)
-
-
-_default_showwarning = warnings.showwarning
 
 
 def run_main(main: Callable[[list[str]], object]) -> Callable[[list[str]], object]:
