@@ -183,11 +183,8 @@ def test_set_key(protocol: Protocol) -> str:
 def save_per_user(path: pathlib.Path, protocol: Protocol, per: dict) -> None:
   """workdir/test_per_user.npz: the test users (indices and dataset ids), their
   NDCG@k / Recall@k, and `test_key` (for `recae_jax.compare`)."""
-  ids = np.asarray(protocol.dataset.user_ids)[per["users"]]
-  if ids.dtype == object:  # string ids: an object array would need pickle to load
-    ids = ids.astype(str)
-  wd.save_npz(path / PER_USER_FILE, user_ids=ids, test_key=np.array(test_set_key(protocol)),
-              **per)
+  wd.save_npz(path / PER_USER_FILE, user_ids=np.asarray(protocol.dataset.user_ids)[per["users"]],
+              test_key=np.array(test_set_key(protocol)), **per)
 
 
 # ------------------------------------------------------------- Mult-VAE / DAE

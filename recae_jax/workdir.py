@@ -95,11 +95,18 @@ def save_npy(path: str | os.PathLike, array) -> None:
 
 
 def save_npz(path: str | os.PathLike, **arrays) -> None:
-  """np.savez, atomically; process 0 only."""
+  """np.savez, atomically; process 0 only. Object arrays of strings (string
+  ids) are saved as str arrays: an object array would need pickle to load."""
   if not is_primary():
     return
+  arrays = {k: np.asarray(v) for k, v in arrays.items()}
+  for k, v in arrays.items():
+    if v.dtype == object:
+      if not all(isinstance(x, str) for x in v.ravel()):
+        raise TypeError(f"save_npz: {k} is an object array of non-strings")
+      arrays[k] = v.astype(str)
   with atomic_path(path, ".npz") as tmp:
-    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
+    np.savez(tmp, **arrays)
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from recae_jax import config as config_lib, problem, topn, user_folds
 from recae_jax.data import from_frame, generic, load_dataset, movielens, splits
 from recae_jax.errors import UserError
 
@@ -328,8 +329,6 @@ def test_columns_and_duplicates_reach_every_run_kind(tmp_path):
   """--columns and --duplicates are read wherever a run loads its data:
   rating splits, the top-N protocol and --user_folds (the top-N paths once
   loaded the file without them)."""
-  from recae_jax import config as config_lib, problem, topn, user_folds
-
   path, n_lines = _clicks_file(tmp_path)
   cols = "user=reviewer,item=product,rating=grade"
   cfg = config_lib.make_config("ease", dataset=path, columns=cols, n_test_users=10,
