@@ -8,12 +8,39 @@ failure, so CI can never go green with the real-data tests silently skipped.
 Tests that need only ml-latest-small take `small_data_dir` instead: the copy
 bundled in the package, unpacked into a temporary cache. It is there
 everywhere, so those tests never skip.
+
+The suite compiles the same small programs again and again (every test
+builds its own engine, every script test is a fresh process), so it shares
+one XLA compilation cache, new for each session: see pytest_configure.
 """
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
+
+_OWN_CACHE = None  # the compilation cache directory this process made
+
+
+def pytest_configure(config):
+  """One persistent XLA compilation cache for the session, in-process and in
+  every subprocess (they inherit the environment). A cache hit runs the very
+  executable a compile would have made, so results are bit for bit the same;
+  tracing still happens, so the trace-count tests are unaffected. A cache the
+  caller set up ($JAX_COMPILATION_CACHE_DIR) is used as it is."""
+  global _OWN_CACHE
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    return  # the caller's, or the one an xdist controller made for its workers
+  _OWN_CACHE = tempfile.mkdtemp(prefix="recae_jax_test_xla_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # default: only >= 1 s
+
+
+def pytest_unconfigure(config):
+  if _OWN_CACHE is not None:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 def _data_dir():
