@@ -14,6 +14,7 @@ import pytest
 
 from conftest import low_rank_ratings, write_ratings_csv
 from recae_jax import recommend, restore, runs, sweep
+from recae_jax import workdir as wd
 from recae_jax.config import make_config
 
 
@@ -238,3 +239,12 @@ def test_scripts_on_a_string_id_ratings_file(tmp_path):
   assert similar["movie_id"] == "B0003"
   assert [s["movie_id"][0] for s in similar["similar"]] == ["B", "B"]
   assert outs["predict.py"]["fallback"] == 1
+
+
+def test_save_npz_stores_string_ids_loadable_without_pickle(tmp_path):
+  wd.save_npz(tmp_path / "a.npz", ids=np.array(["u0", "p3"], dtype=object), n=np.arange(2))
+  with np.load(tmp_path / "a.npz") as z:  # allow_pickle=False: would raise on objects
+    assert z["ids"].dtype.kind == "U" and z["ids"].tolist() == ["u0", "p3"]
+  with pytest.raises(TypeError, match="ids is an object array of non-strings"):
+    wd.save_npz(tmp_path / "b.npz", ids=np.array(["u0", 3], dtype=object))
+  assert not (tmp_path / "b.npz").exists()
