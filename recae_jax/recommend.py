@@ -257,19 +257,20 @@ def top_n_frame(rec: Recommender, users: Optional[Sequence[int]] = None,
 def user_index(dataset: Dataset, user_id) -> int:
   """Index of an original user id (integer or string ids); UserError if unknown."""
   ids = np.asarray(dataset.user_ids)
+  pos = int(id_indices(ids, [user_id])[0])
+  if pos >= 0:
+    return pos
   text = str(user_id).strip()
   if ids.dtype.kind in "iu":
-    try:
-      uid = int(text)
-    except ValueError:
-      raise UserError(f"user id {user_id!r} is not an integer") from None
-  else:
-    uid = text
-  pos = np.flatnonzero(ids == uid)
-  if len(pos) == 0:
-    span = f"ids run from {ids.min()} to {ids.max()}, " if ids.dtype.kind in "iu" else ""
-    raise UserError(f"unknown user id {uid} in {dataset.name} ({span}{len(ids)} users)")
-  return int(pos[0])
+    if not _is_integer(text):
+      raise UserError(f"user id {user_id!r} is not an integer")
+    raise UserError(f"unknown user id {text} in {dataset.name} "
+                    f"(ids run from {ids.min()} to {ids.max()}, {len(ids)} users)")
+  raise UserError(f"unknown user id {text} in {dataset.name} ({len(ids)} users)")
+
+
+def _is_integer(text: str) -> bool:
+  return text.lstrip("+-").isdigit()
 
 
 @dataclasses.dataclass
@@ -455,15 +456,19 @@ def cosine_scores(e_IxD: jax.Array, rows_B: jax.Array) -> jax.Array:
 
 
 def find_item(dataset: Dataset, query) -> int:
-  """Index of a movie given by id (an integer) or by title: exact
-  (case-insensitive) match first, else a unique case-insensitive substring."""
+  """Index of a movie given by its id (integer or string ids, e.g. the ASIN
+  '0528881469') or by title: exact (case-insensitive) match first, else a
+  unique case-insensitive substring."""
   text = str(query).strip()
   ids = np.asarray(dataset.item_ids)
-  if text.lstrip("+-").isdigit():
-    pos = np.flatnonzero(ids == int(text))
-    if len(pos):
-      return int(pos[0])
+  pos = int(id_indices(ids, [text])[0])
+  if pos >= 0:  # an exact id wins over titles (and over ids it is part of)
+    return pos
+  if ids.dtype.kind in "iu" and _is_integer(text):
     raise UserError(f"unknown movie id {text} in {dataset.name}")
+  if dataset.items_info is None or "title" not in dataset.items_info:
+    raise UserError(f"unknown movie id {text!r} in {dataset.name} ({len(ids)} movies; "
+                    "it has no titles, so give an id exactly as in the file)")
   if not text:
     raise UserError("empty movie title")
   names = titles(dataset)

@@ -120,6 +120,30 @@ def test_find_item_by_id_and_title(trained):
     recommend.find_item(ds, "9999")
 
 
+def test_ids_that_are_strings_of_digits_are_found_as_ids():
+  """A file's string ids can be all digits (ASINs such as '0528881469' keep
+  their zeros); --movie / --user find them as ids, and an exact id wins over
+  a longer id that contains it."""
+  ds0, _ = low_rank_ratings(n_users=4, n_items=3)
+  items = np.array(["0000000005", "B0003", "B00031"], dtype=object)
+  users = np.array(["0528", "A1", "A2", "A3"], dtype=object)
+  ds = Dataset("shop", ds0.ratings, users, items, ds0.rating_scale)
+  assert recommend.find_item(ds, "0000000005") == 0
+  assert recommend.find_item(ds, " B0003 ") == 1
+  assert recommend.find_item(ds, "B00031") == 2
+  for part in ("5", "B000"):  # no titles: ids match exactly, never in part
+    with pytest.raises(UserError, match=f"unknown movie id '{part}' in shop .3 movies; "
+                       "it has no titles, so give an id exactly as in the file"):
+      recommend.find_item(ds, part)
+  assert recommend.user_index(ds, "0528") == 0
+  with pytest.raises(UserError, match="unknown user id 528 in shop \\(4 users\\)"):
+    recommend.user_index(ds, 528)
+  with pytest.raises(UserError, match="user id 'x5' is not an integer"):
+    recommend.user_index(_with_titles(ds0), "x5")
+  with pytest.raises(UserError, match="unknown user id 9999 in .*ids run from"):
+    recommend.user_index(ds0, "9999")
+
+
 def test_similar_items_cosine_matches_numpy(trained):
   rec = trained["item"]
   emb = recommend.item_embeddings(rec)
