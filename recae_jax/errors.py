@@ -9,6 +9,7 @@ it like any ValueError. Ctrl-C / SIGTERM during training end as `Interrupted`
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from typing import Callable
@@ -42,8 +43,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def run_main(main: Callable[[list[str]], object]) -> Callable[[list[str]], object]:
-  """Wraps an absl `main` so a UserError prints one line and exits 2, and a
-  UserWarning prints one `warning:` line.
+  """Wraps an absl `main` so a UserError prints one line and exits 2, a
+  UserWarning prints one `warning:` line, and output into a closed pipe
+  (`| head`) ends the script without a traceback.
 
   Positional arguments are refused here, once for every script (they all take
   flags only): a stray word would otherwise be ignored silently.
@@ -57,7 +59,12 @@ def run_main(main: Callable[[list[str]], object]) -> Callable[[list[str]], objec
       if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])} "
                         "(every option is a --flag; see --help)")
-      return main(argv)
+      out = main(argv)
+      sys.stdout.flush()  # a closed pipe fails here, not in the interpreter's exit
+      return out
+    except BrokenPipeError:  # `script | head`: stop quietly, as other tools do
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+      sys.exit(141)  # 128 + SIGPIPE, what a shell reports for such a pipe
     except UserError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
