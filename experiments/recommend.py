@@ -66,8 +66,7 @@ def main(argv):
     print(f"note: {r.note}", file=sys.stderr)
   else:
     print(r.note)
-  with pd.option_context("display.max_colwidth", 60, "display.width", 120):
-    print(r.items.drop(columns=["score"]).to_string(index=False))
+  _print_table(rec, r.items)
 
 
 def _new_user(rec):
@@ -89,8 +88,15 @@ def _new_user(rec):
     print(json.dumps(r.to_json(), indent=2))
     return
   print(f"new user ({r.n_known} known ratings), method: {r.method}; rated items excluded")
+  _print_table(rec, r.items)
+
+
+def _print_table(rec, items):
+  """Rating models show the clipped predicted rating, top-N models their
+  score (they predict no rating, so that column is empty for them)."""
+  drop = "predicted_rating" if rec.is_topn else "score"
   with pd.option_context("display.max_colwidth", 60, "display.width", 120):
-    print(r.items.drop(columns=["score"]).to_string(index=False))
+    print(items.drop(columns=[drop]).to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -91,6 +91,7 @@ def test_every_workdir_recommends_embeds_and_evaluates(workdirs, kind):
 def test_scripts_on_a_top_n_workdir(workdirs, tmp_path):
   d = workdirs["mult_dae"]
   for args in (["recommend.py", f"--workdir={d}", "--user=2", "--k=4", "--json"],
+               ["recommend.py", f"--workdir={d}", "--user=2", "--k=4"],
                ["similar.py", f"--workdir={d}", "--movie=3", "--k=2", "--json"],
                ["embed.py", f"--workdir={d}", f"--out={tmp_path / 'emb'}"],
                ["evaluate.py", f"--workdir={d}", "--ks=10"]):
@@ -99,6 +100,10 @@ def test_scripts_on_a_top_n_workdir(workdirs, tmp_path):
     assert p.returncode == 0, (args, p.stderr[-2000:])
     if args[0] == "evaluate.py":
       assert 0 <= json.loads(p.stdout)["ranking"]["ndcg@10"] <= 1
+    if args[0] == "recommend.py" and "--json" not in args:  # the score, not an empty rating
+      header = p.stdout.splitlines()[1].split()
+      assert header[-1] == "score" and "predicted_rating" not in header, p.stdout
+      assert "NaN" not in p.stdout, p.stdout
   assert (tmp_path / "emb" / "items.npy").exists() and (tmp_path / "emb" / "users.npy").exists()
 
 
