@@ -135,7 +135,8 @@ def test_a_split_with_no_test_ratings_is_an_error(syn):
   with pytest.raises(UserError, match="--split=time leaves no test ratings.*"
                                       "lower --time_quantile"):
     make_split(syn, "time", time_quantile=1.0)
-  with pytest.raises(UserError, match="--split=random leaves no test ratings"):
+  with pytest.raises(UserError, match=f"--split=random leaves no test ratings "
+                     f"\\({len(syn.ratings):,} ratings in all;"):
     make_split(syn, "random", test_fraction=1e-9)
 
 

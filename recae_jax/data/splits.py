@@ -202,8 +202,8 @@ def make_split(dataset: Dataset, name: str, *, test_fraction: float = 0.1,
     train, test = ratings.subset(~is_test), ratings.subset(is_test)
 
   if len(test) == 0:
-    raise UserError(f"--split={name} leaves no test ratings in {len(ratings)} (a test "
-                    f"RMSE of nothing would read as 0); "
+    raise UserError(f"--split={name} leaves no test ratings ({len(ratings):,} ratings in "
+                    f"all; a test RMSE of nothing would read as 0); "
                     + ("lower --time_quantile" if name == "time" else
                        "raise --test_fraction" if name == "random" else
                        "use more data or another --split"))
