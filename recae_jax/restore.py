@@ -68,8 +68,14 @@ def _read_json(workdir: pathlib.Path) -> dict:
 
 
 def _config(d: dict, path) -> Config:
+  if "neighbors" in d and "similarity" in d and "layers" not in d:
+    raise UserError(f"{path.parent} is a neighbourhood run of experiments/impute.py: it "
+                    "keeps metrics, not a model to restore; open a run of "
+                    "experiments/train.py or experiments/sweep.py")
   try:
     return Config.from_json(d)
+  except UserError as e:  # a field this version does not know
+    raise UserError(f"{path}: {e} (written by another version of recae_jax?)") from None
   except TypeError as e:
     raise UserError(f"{path} is not a valid config: {e}") from None
 

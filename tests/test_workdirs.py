@@ -253,3 +253,19 @@ def test_save_npz_stores_string_ids_loadable_without_pickle(tmp_path):
   with pytest.raises(TypeError, match="ids is an object array of non-strings"):
     wd.save_npz(tmp_path / "b.npz", ids=np.array(["u0", 3], dtype=object))
   assert not (tmp_path / "b.npz").exists()
+
+
+def test_workdirs_without_a_model_are_one_line_errors(tmp_path):
+  """An impute.py workdir, or a config.json with a field this version does
+  not know, is named with what it is, not 'unknown config field'."""
+  knn, odd = tmp_path / "knn", tmp_path / "odd"
+  for d, cfg in ((knn, {"neighbors": 40, "similarity": "pearson", "baseline": "none"}),
+                 (odd, {"layers": [8], "bogus": 1})):
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(cfg))
+  with pytest.raises(restore.UserError, match=f"^{knn} is a neighbourhood run of "
+                     "experiments/impute.py: it keeps metrics, not a model"):
+    recommend.from_workdir(knn)
+  with pytest.raises(restore.UserError, match=f"^{odd / 'config.json'}: unknown config "
+                     "field 'bogus' \\(written by another version of recae_jax\\?\\)"):
+    restore.read_config(odd)
