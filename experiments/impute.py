@@ -26,7 +26,9 @@ training part (metrics gain per-fold "choice" and "candidates"):
 Writes DIR/config.json (every flag, resolved) and DIR/metrics.json (test_rmse,
 test_mae, n_train, n_test, n_test_fallback, similarity_seconds,
 impute_seconds; with --folds also mean_test_rmse, std_test_rmse and a
-per-fold list). --save_matrix also writes the dense filled matrix
+per-fold list). A one-fold run also writes DIR/test_pred.npy, the test pairs'
+predictions, so experiments/compare.py can pair it with an autoencoder run on
+the same split. --save_matrix also writes the dense filled matrix
 DIR/filled.npy (observed ratings kept) with DIR/user_ids.csv and
 DIR/item_ids.csv giving the original id of each row / column.
 
@@ -162,6 +164,8 @@ def _run_fold(dataset, name: str, cfg: impute.KNNConfig, out, save: bool):
     jax.effects_barrier()
     impute_s = time.perf_counter() - t0
   err = metrics.rating_errors(pred, test.ratings)
+  if len(FLAGS.folds or [name]) == 1:  # compare.py pairs it with other runs' on this split
+    wd.save_npy(out / "test_pred.npy", np.asarray(pred, np.float32))
   row = {"split": name, "test_rmse": err["rmse"], "test_mae": err["mae"],
          "n_train": len(train), "n_test": len(test),
          "n_test_fallback": n_fb, "similarity_seconds": round(sim_s, 4),

@@ -4,7 +4,8 @@
 the users of their common test set:
 
   * rating runs (a workdir with config.json and test_pred.npy: a lone run, a
-    blend / `best` ensemble, a sweep member's folder): RMSE and MAE. The test
+    blend / `best` ensemble, a sweep member's folder, a one-fold
+    experiments/impute.py neighbourhood run): RMSE and MAE. The test
     pairs are recomputed from the run's config (`problem.load_split`, as
     `restore` does) and must be the same pairs, in the same order, for every
     run;
@@ -34,6 +35,7 @@ import numpy as np
 from scipy import stats
 
 from recae_jax import restore, topn, user_folds
+from recae_jax.data import movielens, splits
 from recae_jax.errors import UserError
 from recae_jax.problem import load_split
 
@@ -78,6 +80,12 @@ def load_run(workdir) -> RunData:
   workdir = pathlib.Path(workdir)
   if not workdir.is_dir():
     raise UserError(f"workdir {workdir} does not exist")
+  raw = restore.read_json(workdir)
+  if restore.is_neighbourhood_run(raw):
+    _read_metrics(workdir)  # a finished run
+    dataset, split = _neighbourhood_split(workdir, raw)
+    return _rating_run(workdir, _knn_name(raw), dataset.name, split.test,
+                       _test_pred(workdir, raw))
   config = restore.read_config(workdir)
   metrics = _read_metrics(workdir)
   if config.is_topn:
@@ -97,20 +105,55 @@ def load_run(workdir) -> RunData:
     order = np.argsort(users, kind="stable")
     return RunData(workdir, "topn", config.model, metrics.get("dataset", config.dataset),
                    key, users[order], {n: v[order] for n, v in per.items()})
-  pred_path = workdir / "test_pred.npy"
-  if not pred_path.exists():
-    if (workdir / "members").is_dir() and not config.ensemble > 1:
-      raise UserError(f"workdir {workdir} is a sweep: compare one of its members, e.g. "
-                      f"{workdir / 'members' / 'k00'}")
+  if not (workdir / "test_pred.npy").exists() and (workdir / "members").is_dir() \
+      and not config.ensemble > 1:
+    raise UserError(f"workdir {workdir} is a sweep: compare one of its members, e.g. "
+                    f"{workdir / 'members' / 'k00'}")
+  pred = _test_pred(workdir, raw)
+  dataset, split = load_split(config)
+  return _rating_run(workdir, config.model if not config.ensemble > 1 else
+                     f"{config.model} ensemble", dataset.name, split.test, pred)
+
+
+def _test_pred(workdir: pathlib.Path, raw: dict) -> np.ndarray:
+  path = workdir / "test_pred.npy"
+  if not path.exists():
+    if restore.is_neighbourhood_run(raw):
+      raise UserError(f"workdir {workdir} has no test_pred.npy: rerun that impute.py run "
+                      "(one fold per run; older versions did not save its predictions)")
     raise UserError(f"workdir {workdir} has no test_pred.npy (an unfinished rating run: "
                     "continue it with --resume)")
-  pred = np.load(pred_path).astype(np.float64).reshape(-1)
-  dataset, split = load_split(config)
-  test = split.test
+  return np.load(path).astype(np.float64).reshape(-1)
+
+
+def _neighbourhood_split(workdir: pathlib.Path, raw: dict):
+  """The test split of an impute.py run, made as that script makes it."""
+  if len(raw["folds"]) != 1:
+    raise UserError(f"workdir {workdir} is a {len(raw['folds'])}-fold impute.py run: "
+                    "compare runs of one fold (impute.py --split=NAME)")
+  dataset = movielens.load_dataset(raw["dataset"], raw.get("data_dir"),
+                                   columns=raw.get("columns", ""),
+                                   duplicates=raw.get("duplicates", "error"))
+  return dataset, splits.make_split(dataset, raw["folds"][0], seed=raw["seed"],
+                                    test_fraction=raw["test_fraction"])
+
+
+def _knn_name(raw: dict) -> str:
+  if raw.get("select"):
+    return "neighbourhood (chosen on validation)"
+  if raw.get("baseline_only"):
+    return "baseline"
+  kind = "KNNBaseline" if raw.get("baseline", "none") != "none" else "KNN"
+  return f"{raw['orientation']} {kind} ({raw['similarity']}, k={raw['neighbors']})"
+
+
+def _rating_run(workdir: pathlib.Path, model: str, dataset_name: str, test,
+                pred: np.ndarray) -> RunData:
+  """Per-user squared and absolute errors of one rating run's test predictions."""
   if len(pred) != len(test):
     raise UserError(f"workdir {workdir}: test_pred.npy has {len(pred)} predictions but its "
                     f"config's test split has {len(test)} pairs (data changed since the run?)")
-  h = hashlib.sha256(f"rating:{dataset.name}:{test.n_users}:{test.n_items}".encode())
+  h = hashlib.sha256(f"rating:{dataset_name}:{test.n_users}:{test.n_items}".encode())
   for a in (test.users.astype(np.int64), test.items.astype(np.int64),
             test.ratings.astype(np.float64)):
     h.update(np.ascontiguousarray(a).tobytes())
@@ -120,8 +163,7 @@ def load_run(workdir) -> RunData:
   per = {"sse": np.bincount(test.users, err ** 2, test.n_users)[users],
          "abs": np.bincount(test.users, np.abs(err), test.n_users)[users],
          "n": n_u[users].astype(np.float64)}
-  return RunData(workdir, "rating", config.model if not config.ensemble > 1 else
-                 f"{config.model} ensemble", dataset.name, h.hexdigest(), users, per)
+  return RunData(workdir, "rating", model, dataset_name, h.hexdigest(), users, per)
 
 
 def check_same_test_set(runs: Sequence[RunData]) -> None:

@@ -67,8 +67,19 @@ def _read_json(workdir: pathlib.Path) -> dict:
     raise UserError(f"{path} is not a valid config: {e}") from None
 
 
+def read_json(workdir: pathlib.Path) -> dict:
+  """A workdir's config.json as written (any run kind); UserError if absent."""
+  return _read_json(pathlib.Path(workdir))
+
+
+def is_neighbourhood_run(d: dict) -> bool:
+  """Whether a config.json is an experiments/impute.py run's (KNN: metrics
+  and, for one fold, test predictions; no model)."""
+  return "neighbors" in d and "similarity" in d and "layers" not in d
+
+
 def _config(d: dict, path) -> Config:
-  if "neighbors" in d and "similarity" in d and "layers" not in d:
+  if is_neighbourhood_run(d):
     raise UserError(f"{path.parent} is a neighbourhood run of experiments/impute.py: it "
                     "keeps metrics, not a model to restore; open a run of "
                     "experiments/train.py or experiments/sweep.py")

@@ -102,6 +102,34 @@ def test_rating_runs(rating_runs):
     compare.compare_workdirs([d["a"], d["other_split"]])
 
 
+def _impute(csv, workdir, *flags):
+  p = subprocess.run([sys.executable, "experiments/impute.py", f"--dataset={csv}",
+                      f"--workdir={workdir}", "--neighbors=20", *flags],
+                     capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_a_neighbourhood_run_beside_an_autoencoder(rating_runs, tmp_path):
+  """A one-fold impute.py run saves its test predictions and is paired with
+  an autoencoder run of the same split; a several-fold one is refused."""
+  d = rating_runs
+  csv = json.loads((d["a"] / "config.json").read_text())["dataset"]
+  knn = tmp_path / "knn"
+  _impute(csv, knn, "--split=random")
+  out = compare.compare_workdirs([knn, d["a"]], n_boot=200)
+  assert out["a"]["model"] == "user KNN (pearson, k=20)"
+  m = out["comparisons"][0]["metrics"]["test_rmse"]
+  want = json.loads((knn / "metrics.json").read_text())["test_rmse"]
+  assert m["value_a"] == pytest.approx(want, rel=1e-5) and m["n_users"] == out["n_users"]
+  with pytest.raises(UserError, match="different test sets"):
+    compare.compare_workdirs([knn, d["other_split"]])
+  folds = tmp_path / "knn_folds"
+  _impute(csv, folds, "--folds=random,random")
+  assert not (folds / "test_pred.npy").exists()
+  with pytest.raises(UserError, match="is a 2-fold impute.py run: compare runs of one fold"):
+    compare.compare_workdirs([folds, d["a"]])
+
+
 def test_refusals(rating_runs, topn_runs, tmp_path):
   d = rating_runs
   with pytest.raises(UserError, match="cannot compare a rating run with a topn run"):
