@@ -32,22 +32,6 @@ flags.DEFINE_integer("epochs_2d", 60, "epochs for --train_2d")
 FLAGS = flags.FLAGS
 
 
-def _history(workdir: pathlib.Path) -> list:
-  path = workdir / "metrics.jsonl"
-  if not path.exists():
-    return []
-  return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-
-
-def _is_topn(workdir: pathlib.Path) -> bool:
-  path = workdir / "config.json"
-  try:
-    return path.exists() and json.loads(path.read_text()).get("model", "autoencoder") in (
-        "mult_vae", "mult_dae", "ease", "popularity")
-  except (OSError, ValueError):
-    return False
-
-
 def _run_figures(workdir: pathlib.Path, out: pathlib.Path, name: str) -> list:
   import numpy as np
   from recae_jax import plots, recommend
@@ -126,16 +110,16 @@ def main(argv):
   from recae_jax import workdir as wd
   from recae_jax.restore import require_checkpoint, read_config
   dirs = [pathlib.Path(d) for d in FLAGS.workdirs]
-  topn_dirs = [d for d in dirs if _is_topn(d)]  # Mult-VAE/DAE runs: curves only
+  topn_dirs = [d for d in dirs if read_config(d).is_topn]  # top-N runs: curves only
   dirs = [d for d in dirs if d not in topn_dirs]
   for d in dirs:  # check all before any slow work
-    read_config(d)
     require_checkpoint(d)
   out = wd.ensure_writable(FLAGS.out)
   written = []
   if topn_dirs:
     written.append(plots.plot_metric_curves(
-        {d.name: _history(d) for d in topn_dirs}, ("train_loss", "valid_ndcg@100"),
+        {k: v for d in topn_dirs for k, v in plots.histories(d, d.name).items()},
+        ("train_loss", "valid_ndcg@100"),
         out / "curves_topn.png"))
   if not dirs:
     print(json.dumps([str(p) for p in written], indent=2))
@@ -143,7 +127,8 @@ def main(argv):
   names = [d.name if [x.name for x in dirs].count(d.name) == 1 else str(d).replace("/", "_")
            for d in dirs]
   written.append(plots.plot_training_curves(
-      {n: _history(d) for n, d in zip(names, dirs)}, out / "curves.png"))
+      {k: v for n, d in zip(names, dirs) for k, v in plots.histories(d, n).items()},
+      out / "curves.png"))
   for name, d in zip(names, dirs):
     written += _run_figures(d, out, name)
   if FLAGS.train_2d:

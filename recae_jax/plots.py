@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import matplotlib
@@ -9,6 +10,25 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+
+def histories(workdir, name: str) -> dict[str, list[dict]]:
+  """{label: per-epoch rows} of a run's metrics.jsonl for the curve plots; a
+  sweep or an ensemble, which keeps its history per member, gives one label
+  per member (NAME/k00, ...)."""
+  workdir = pathlib.Path(workdir)
+
+  def rows(d: pathlib.Path) -> list[dict]:
+    path = d / "metrics.jsonl"
+    if not path.exists():
+      return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+  own = rows(workdir)
+  members = sorted(d for d in (workdir / "members").glob("*") if (d / "metrics.jsonl").exists())
+  if own or not members:
+    return {name: own}
+  return {f"{name}/{d.name}": rows(d) for d in members}
 
 
 def plot_training_curves(runs: dict[str, list[dict]], path,

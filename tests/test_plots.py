@@ -44,3 +44,19 @@ def test_pca_2d_recovers_the_main_axis():
   xy = recommend.pca_2d(x)
   assert xy.shape == (200, 2)
   assert abs(np.corrcoef(xy[:, 0], x[:, 0])[0, 1]) > 0.999
+
+
+def test_histories_of_a_lone_run_and_of_a_sweep(tmp_path):
+  """A lone run's curve comes from its metrics.jsonl; a sweep (or an
+  ensemble) keeps one per member, and each is plotted."""
+  import json
+  lone, sweep = tmp_path / "lone", tmp_path / "sweep"
+  rows = [{"epoch": 1, "train_loss": 2.0, "valid_rmse": 1.1},
+          {"epoch": 2, "train_loss": 1.0, "valid_rmse": 1.0}]
+  for d in (lone, sweep / "members" / "k00", sweep / "members" / "k01"):
+    d.mkdir(parents=True)
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (sweep / "members" / "k02").mkdir()  # a member that has not started: no curve
+  assert plots.histories(lone, "a") == {"a": rows}
+  assert plots.histories(sweep, "s") == {"s/k00": rows, "s/k01": rows}
+  assert plots.histories(tmp_path / "none", "n") == {"n": []}
