@@ -55,7 +55,9 @@ class RestoredTopN:
   fitted: dict         # {"scorer", "ctx", "model", "params"}
 
 
-def _read_json(workdir: pathlib.Path) -> dict:
+def read_json(workdir) -> dict:
+  """A workdir's config.json as written (any run kind); UserError if absent."""
+  workdir = pathlib.Path(workdir)
   if not workdir.is_dir():
     raise UserError(f"workdir {workdir} does not exist")
   path = workdir / "config.json"
@@ -65,11 +67,6 @@ def _read_json(workdir: pathlib.Path) -> dict:
     return json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise UserError(f"{path} is not a valid config: {e}") from None
-
-
-def read_json(workdir: pathlib.Path) -> dict:
-  """A workdir's config.json as written (any run kind); UserError if absent."""
-  return _read_json(pathlib.Path(workdir))
 
 
 def is_neighbourhood_run(d: dict) -> bool:
@@ -94,14 +91,14 @@ def _config(d: dict, path) -> Config:
 def read_config(workdir) -> Config:
   """The run's config (a sweep's base config)."""
   workdir = pathlib.Path(workdir)
-  d = _read_json(workdir)
+  d = read_json(workdir)
   return _config(d["base"] if "members" in d else d, workdir / "config.json")
 
 
 def members_of(workdir) -> tuple[Config, list[Config], pathlib.Path]:
   """(base config, member configs, the folder holding their checkpoints/)."""
   workdir = pathlib.Path(workdir)
-  d = _read_json(workdir)
+  d = read_json(workdir)
   if "members" in d:  # a sweep
     path = workdir / "config.json"
     return _config(d["base"], path), [_config(m, path) for m in d["members"]], workdir
