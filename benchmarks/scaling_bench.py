@@ -15,7 +15,10 @@ subset of rows / stratified batches) and the epoch time is extrapolated:
 epoch_seconds = seconds_per_step x steps_per_epoch (dense: a random subset
 of steps x batch rows; sparse: the first --steps columns of the stratified
 grid, with the full epoch's entry bound T); the JSON says
-"extrapolated": true when steps < steps_per_epoch. Writes OUT/scaling.json
+"extrapolated": true when steps < steps_per_epoch. With --repeats=R the
+paths are timed in R alternating rounds (dense, sparse, dense, ...) and each
+figure is the median; `sparse_speedup_vs_dense` is the ratio of the medians.
+Writes OUT/scaling.json
 and OUT/scaling.png and prints the JSON.
 """
 
@@ -33,6 +36,7 @@ flags.DEFINE_string("sizes", "ml-100k,ml-1m,10m,ml-20m",
                     "synthetic shapes (data.synthetic.SHAPES, or 10m = 69878x10677x10M)")
 flags.DEFINE_integer("max_ratings", 20_000_263, "skip sizes with more ratings")
 flags.DEFINE_integer("steps", 8, "timed batches per path (capped at one epoch)")
+flags.DEFINE_integer("repeats", 1, "timed rounds, the paths alternating (medians)")
 flags.DEFINE_integer("batch_size", 256, "rows per batch")
 flags.DEFINE_integer("hidden", 500, "hidden units")
 flags.DEFINE_integer("dense_budget_mb", 1024, "dense matrix on device if it fits")
@@ -92,7 +96,9 @@ def run_one(name: str) -> dict:
          "extrapolated": steps < steps_per_epoch, "generate_seconds": gen_s,
          "device": jax.devices()[0].device_kind}
   rng = np.random.default_rng(0)
-  for path in FLAGS.paths.split(","):
+  paths = FLAGS.paths.split(",")
+  ready = {}  # path -> [compiled epoch, state, data, hyper]
+  for path in paths:
     run = compute.make_run(config, data, n_cols, batch, path)
     if path == "dense":
       sub = rows[rng.permutation(len(rows))[: steps * batch]]
@@ -106,15 +112,29 @@ def run_one(name: str) -> dict:
     out[f"{path}_compile_seconds"] = time.perf_counter() - t
     state, m = compiled(run.state, d, run.hyper)  # warm-up
     jax.block_until_ready(m)
-    t = time.perf_counter()
-    state, m = compiled(state, d, run.hyper)
-    jax.block_until_ready(m)
-    per_step = (time.perf_counter() - t) / steps
+    ready[path] = [compiled, state, d, run.hyper]
+  # The paths alternate, round by round, so a machine whose speed drifts
+  # (these do, by tens of %) slows both alike; medians over the rounds.
+  times = {path: [] for path in paths}
+  for _ in range(FLAGS.repeats):
+    for path in paths:
+      compiled, state, d, hyper = ready[path]
+      t = time.perf_counter()
+      state, m = compiled(state, d, hyper)
+      jax.block_until_ready(m)
+      times[path].append((time.perf_counter() - t) / steps)
+      ready[path][1] = state
+  for path in paths:
+    per_step = float(np.median(times[path]))
     epoch_s = per_step * steps_per_epoch
     out[f"{path}_seconds_per_step"] = per_step
+    out[f"{path}_all_seconds_per_step"] = times[path]
     out[f"{path}_epoch_seconds"] = epoch_s
     out[f"{path}_ratings_per_second"] = len(ds.ratings) / epoch_s
-    del state, compiled, run, d
+  if {"dense", "sparse"} <= set(paths):
+    out["sparse_speedup_vs_dense"] = (out["dense_seconds_per_step"]
+                                      / out["sparse_seconds_per_step"])
+  del ready
   stats = jax.devices()[0].memory_stats()
   out["device_peak_bytes"] = None if not stats else stats.get("peak_bytes_in_use")
   out["peak_rss_mb"] = _rss_mb()
@@ -156,7 +176,7 @@ def main(argv):
     if _shape(name)[2] > FLAGS.max_ratings:
       continue
     args = [sys.executable, __file__, f"--one={name}"] + [
-        f"--{f}={getattr(FLAGS, f)}" for f in ("steps", "batch_size", "hidden",
+        f"--{f}={getattr(FLAGS, f)}" for f in ("steps", "repeats", "batch_size", "hidden",
                                                 "dense_budget_mb", "paths", "model")]
     r = subprocess.run(args, capture_output=True, text=True)
     if r.returncode != 0:

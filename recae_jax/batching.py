@@ -51,8 +51,8 @@ class DenseBatch:
 
 @flax.struct.dataclass
 class SparseBatch:
-  row_T: jax.Array    # int32 position in the batch (sorted; padding → B-1)
-  col_T: jax.Array    # int32 column (padding → 0)
+  row_T: jax.Array    # int32 position in the batch (padding → B-1)
+  col_T: jax.Array    # int32 column, ascending (padding → 0)
   value_T: jax.Array  # float32 raw rating (padding → 0)
   valid_T: jax.Array  # float32 1 real entry, 0 padding
   w_B: jax.Array      # 1 real row, 0 padding
@@ -223,8 +223,13 @@ class SparseBatcher:
     return grid_rows(sd.train_rows, sd.n_rows, self.batch_size, rng, shuffle)
 
   def batch(self, sd: SparseRowData, rows_B) -> SparseBatch:
-    """Entries of rows_B (on a mesh: of this device's share of rows_B)."""
-    row, col, value, valid = flatten_rows(sd, rows_B, sd.max_entries)
+    """Entries of rows_B (on a mesh: of this device's share of rows_B), in
+    column order: the gathers from and scatters into the N-row weights and
+    gradients then walk memory forwards (at the ML-20M shape the step takes
+    ~30 % less, the sort included; benchmarks/scaling_bench.py)."""
+    entries = flatten_rows(sd, rows_B, sd.max_entries)
+    order = jnp.argsort(entries[1], stable=True)
+    row, col, value, valid = (a[order] for a in entries)
     return SparseBatch(row, col, value, valid, (rows_B < sd.n_rows).astype(jnp.float32),
                        rows_B.shape[0])
 

@@ -69,7 +69,7 @@ class DenseInput:
 
 @flax.struct.dataclass
 class SparseInput:
-  """A batch's observed entries, flattened to T slots (rows sorted)."""
+  """A batch's observed entries, flattened to T slots (in column order)."""
 
   row_T: jax.Array    # int32 position in the batch (padding → B-1)
   col_T: jax.Array    # int32 column

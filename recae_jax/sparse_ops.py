@@ -41,7 +41,7 @@ def chunk_size(n_entries: int, width: int, platform: str | None = None) -> int:
 
 def _chunked(row_T, col_T, scale_T, chunk: int):
   """[T] arrays → [T/chunk, chunk]. The tail is padded with scale 0 (a padding
-  slot adds nothing) and the last indices repeated (sorted rows stay sorted)."""
+  slot adds nothing) and the last indices repeated (an order stays as it is)."""
   pad = -row_T.shape[0] % chunk
   return tuple(jnp.pad(a, (0, pad), mode=mode).reshape(-1, chunk) for a, mode in
                ((row_T, "edge"), (col_T, "edge"), (scale_T, "constant")))
@@ -54,10 +54,10 @@ def _rowdot(a_CxH, b_CxH):
 
 def _add_rows(acc_OxH, src_RxH, row_C, col_C, scale_C, *, src_by_col: bool):
   """acc[out_c] += scale_c · src[in_c] for one chunk, in place in the carry;
-  (in, out) = (col, row) if src_by_col else (row, col). Rows are sorted."""
+  (in, out) = (col, row) if src_by_col else (row, col). Entries may come in
+  any order (XLA:CPU's scatter runs no faster when told they are sorted)."""
   idx_in, idx_out = (col_C, row_C) if src_by_col else (row_C, col_C)
-  return acc_OxH.at[idx_out].add(scale_C[:, None] * src_RxH[idx_in],
-                                 indices_are_sorted=src_by_col)
+  return acc_OxH.at[idx_out].add(scale_C[:, None] * src_RxH[idx_in])
 
 
 def _accumulate(src_RxH, row_T, col_T, scale_T, n_out: int, *, src_by_col: bool,
@@ -76,7 +76,7 @@ def _accumulate(src_RxH, row_T, col_T, scale_T, n_out: int, *, src_by_col: bool,
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def spmm(w_NxH, row_T, col_T, value_T, n_rows: int, chunk: int):
-  """Sparse [n_rows, N] (entries row/col/value; rows sorted) times dense w."""
+  """Sparse [n_rows, N] (entries row/col/value, in any order) times dense w."""
   return _accumulate(w_NxH, row_T, col_T, value_T, n_rows, src_by_col=True, chunk=chunk)
 
 
@@ -100,8 +100,7 @@ spmm.defvjp(_spmm_fwd, _spmm_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def sddmm(h_BxH, v_NxH, row_T, col_T, chunk: int):
   """h[row_t] · v[col_t] for every entry t: the dense product h vᵀ sampled at
-  the entries, without forming it. Rows must be sorted if it is
-  differentiated (the backward scatters into dh as sorted)."""
+  the entries, without forming it."""
   rows, cols, _ = _chunked(row_T, col_T, jnp.zeros(row_T.shape, h_BxH.dtype), chunk)
 
   def body(_, xs):

@@ -14,6 +14,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -66,9 +67,12 @@ def test_sparse_bench(tmp_path):
 
 def test_scaling_bench(tmp_path):
   out = _run(tmp_path, "scaling_bench.py", "--sizes=ml-100k", "--steps=1", "--hidden=16",
-             f"--out={tmp_path / 'scaling'}")
+             "--repeats=3", f"--out={tmp_path / 'scaling'}")
   (r,) = out
   assert r["dense_epoch_seconds"] > 0 and r["sparse_epoch_seconds"] > 0
+  assert len(r["sparse_all_seconds_per_step"]) == 3
+  assert r["sparse_speedup_vs_dense"] == pytest.approx(
+      np.median(r["dense_all_seconds_per_step"]) / np.median(r["sparse_all_seconds_per_step"]))
   assert (tmp_path / "scaling" / "scaling.json").exists()
 
 
