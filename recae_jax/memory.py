@@ -7,8 +7,9 @@ one batch's working set, the larger of
 
   dense path   B x N floats x 6 (input, mask, dropout input, output, its
                gradient, the loss's difference) + B x hidden activations,
-  sparse path  T entries x 16 bytes + the output kernel's [N, H] transpose
-               and the two [N, width] gradient accumulators,
+  sparse path  T entries x 16 bytes + the output kernel's [N, H] copy (the
+               epoch holds it as rows) and the two [N, width] gradient
+               accumulators,
   evaluation   eval_batch x N floats x 3 (dense evaluation; the sparse one,
                on CSR rows, is counted like a sparse step).
 

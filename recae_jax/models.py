@@ -110,6 +110,8 @@ class AutoEncoder:
   global_kernel: int = 0           # > 0: GLocal-K's g x g convolution of the input
   dot_scale: float = 1.0
   n_rows: int = 0                  # rows of the matrix (GLocal-K's C is [n_rows, g²])
+  # The output kernel held as [N, H] rows (inside a sparse epoch: see holding_output_rows).
+  output_as_rows: bool = False
 
   @property
   def n_inputs(self) -> int:
@@ -154,7 +156,8 @@ class AutoEncoder:
     return params
 
   def _weight(self, params, name: str) -> jax.Array:
-    """Layer `name`'s weight matrix as used: W, or W ⊙ K(U, V) (kernelNet)."""
+    """Layer `name`'s weight matrix as used, in the layout it is held: W, or
+    W ⊙ K(U, V) (kernelNet)."""
     w = params[f"{name}_kernel"]
     if not self.kernel_dim:
       return w
@@ -162,6 +165,8 @@ class AutoEncoder:
 
   def _kernel_values(self, params, name: str) -> jax.Array:
     u, v = params[f"{name}_u"], params[f"{name}_v"]
+    if self.output_as_rows and f"{name}_kernel" == self.output_kernel_name:
+      u, v = v, u  # K(V, U) = K(U, V)ᵀ, the layout the kernel is held in
     d2 = (jnp.sum(u * u, 1)[:, None] + jnp.sum(v * v, 1)[None, :] - 2.0 * u @ v.T)
     return jnp.maximum(0.0, 1.0 - d2)
 
@@ -188,7 +193,8 @@ class AutoEncoder:
 
   def _decoder_kernel(self, params, i: int):
     if not self.tied:
-      return self._weight(params, f"dec_{i}")
+      w = self._weight(params, f"dec_{i}")
+      return w.T if self.output_as_rows and i == self._last else w
     # Mirror of encoder (n-1-i), transposed; the first encoder kernel also
     # carries side-feature rows, which the decoder's N outputs drop.
     n = len(self.layers)
@@ -239,8 +245,24 @@ class AutoEncoder:
       h = act(self._dense(h, self._decoder_kernel(params, i), params[f"dec_{i}_bias"]))
     return h
 
+  @property
+  def output_kernel_name(self) -> str:
+    return f"dec_{self._last}_kernel"
+
+  def holding_output_rows(self) -> Optional["AutoEncoder"]:
+    """This model with its output kernel held as [N, H] rows, the layout the
+    sparse step gathers from (sddmm) and scatters its gradient into, or None
+    where that kernel is the encoder's (tied). The engine transposes the
+    kernel (and its optimizer state) into this layout once per sparse epoch
+    instead of twice per step."""
+    if self.tied or self.output_as_rows:
+      return None
+    return dataclasses.replace(self, output_as_rows=True)
+
   def output_rows(self, params) -> jax.Array:
     """The output layer's kernel as [N, H] rows, the layout sddmm gathers."""
+    if self.output_as_rows:
+      return self._weight(params, f"dec_{self._last}")
     # Materialised once: a transpose fused into the gather reads strided columns.
     return jax.lax.optimization_barrier(self._decoder_kernel(params, self._last).T)
 

@@ -170,3 +170,41 @@ def test_sparse_row_data_shares_the_csr_arrays(tiny):
   assert sd.max_entries == ref.max_entries
 
 
+
+
+@pytest.mark.parametrize("preset,optimizer,batch_size", [
+    ("autorec", "adam", 16), ("autorec", "momentum", 16), ("autorec", "lbfgs", 4096),
+    ("sparse_fc", "adam", 16)])  # kernelNet: W ⊙ K(U, V), K held transposed too
+def test_output_kernel_held_as_rows_changes_nothing(tiny, monkeypatch, preset, optimizer,
+                                                    batch_size):
+  # Inside a sparse epoch the output kernel and its optimizer state are held
+  # as [N, H] rows (no transpose per step); what the epoch returns must be
+  # what the [H, N] layout gives, in the [H, N] layout.
+  dataset, split = tiny
+  config = make_config(preset, layers=(12,) if preset == "autorec" else (12, 12),
+                       batch_size=batch_size, l2=1e-3,
+                       learning_rate=1.0 if optimizer == "lbfgs" else 1e-2,
+                       optimizer=optimizer, compute="sparse",
+                       lbfgs_restart=5 if optimizer == "lbfgs" else 0)
+  problem = build_problem(config, dataset, split)
+
+  def two_epochs():
+    run = compute.make_run(config, problem.fit_data, problem.n_cols, batch_size, "sparse")
+    shapes = jax.tree.map(jnp.shape, (run.state.params, run.state.opt_state))
+    run.step(), run.step()
+    assert jax.tree.map(jnp.shape, (run.state.params, run.state.opt_state)) == shapes
+    return run
+
+  held = two_epochs()
+  assert engine._output_rows_layout(held.task, held.batcher)[1] == "dec_0_kernel"
+  monkeypatch.setattr(type(held.task.model), "holding_output_rows", lambda self: None)
+  plain = two_epochs()
+  assert engine._output_rows_layout(plain.task, plain.batcher)[1] is None
+  # The same sums; XLA fuses them differently (1-ulp differences). L-BFGS's
+  # inner products over the whole kernel, and the kernel's gradient to U,
+  # also sum it in the other order (float rounding, which Adam scales up).
+  reordered = optimizer == "lbfgs" or preset == "sparse_fc"
+  tol = dict(rtol=1e-5, atol=1e-6) if reordered else dict(rtol=1e-6, atol=1e-7)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol),
+               (held.state.params, held.state.opt_state),
+               (plain.state.params, plain.state.opt_state))
