@@ -84,10 +84,12 @@ def test_scaling_bench_times_kernel_layers_on_the_sparse_path(tmp_path):
 
 
 def test_models_bench(tmp_path):
-  out = _run(tmp_path, "models_bench.py", *DATA, "--presets=sparse_fc", "--repeats=1")
+  out = _run(tmp_path, "models_bench.py", *DATA, "--presets=sparse_fc,cdae", "--repeats=1")
   res = out["results"]
-  assert set(res) == {"autorec", "sparse_fc"} and res["autorec"]["vs_autorec"] == 1.0
+  assert set(res) == {"autorec", "sparse_fc", "cdae"} and res["autorec"]["vs_autorec"] == 1.0
   assert res["sparse_fc"]["epoch_seconds"] > 0 and res["sparse_fc"]["steps_per_epoch"] == 1
+  # A top-N preset is timed on its own protocol's training users.
+  assert res["cdae"]["epoch_seconds"] > 0 and res["cdae"]["steps_per_epoch"] >= 1
 
 
 def test_torch_reference_bench(tmp_path):
