@@ -170,8 +170,6 @@ def test_sparse_row_data_shares_the_csr_arrays(tiny):
   assert sd.max_entries == ref.max_entries
 
 
-
-
 @pytest.mark.parametrize("preset,optimizer,batch_size", [
     ("autorec", "adam", 16), ("autorec", "momentum", 16), ("autorec", "lbfgs", 4096),
     ("sparse_fc", "adam", 16)])  # kernelNet: W ⊙ K(U, V), K held transposed too
