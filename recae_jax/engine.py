@@ -186,14 +186,22 @@ def _output_rows_layout(task, batcher):
   return dataclasses.replace(task, model=rows_model), rows_model.output_kernel_name
 
 
+def _keyed(path, name: str) -> bool:
+  return bool(path) and getattr(path[-1], "key", None) == name
+
+
+def leaves_keyed(tree, name: str) -> list:
+  """The leaves keyed `name`: a parameter and its copies in an optimizer state."""
+  return [x for path, x in jax.tree_util.tree_leaves_with_path(tree) if _keyed(path, name)]
+
+
 def _swap_last_axes(tree, name: Optional[str]):
   """Every leaf keyed `name` (a parameter and its copies in the optimizer
   state, under any leading member or memory axes) with its last two axes
   swapped; the tree itself when `name` is None."""
   if name is None:
     return tree
-  swap = lambda path, x: (jnp.swapaxes(x, -1, -2)
-                          if path and getattr(path[-1], "key", None) == name else x)
+  swap = lambda path, x: jnp.swapaxes(x, -1, -2) if _keyed(path, name) else x
   return jax.tree_util.tree_map_with_path(swap, tree)
 
 

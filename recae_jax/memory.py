@@ -7,9 +7,10 @@ one batch's working set, the larger of
 
   dense path   B x N floats x 6 (input, mask, dropout input, output, its
                gradient, the loss's difference) + B x hidden activations,
-  sparse path  T entries x 16 bytes + the output kernel's [N, H] copy (the
-               epoch holds it as rows) and the two [N, width] gradient
-               accumulators,
+  sparse path  T entries x 16 bytes + the output kernel and its optimizer
+               state's copies of it held as [N, H] rows beside the [H, N]
+               originals (engine._output_rows_layout; with Adam 3 x N x H)
+               and the two [N, width] gradient accumulators,
   evaluation   eval_batch x N floats x 3 (dense evaluation; the sparse one,
                on CSR rows, is counted like a sparse step).
 
@@ -24,6 +25,7 @@ from typing import Optional
 
 import jax
 
+from recae_jax import engine
 from recae_jax.data import sparse
 from recae_jax.errors import UserError
 
@@ -52,7 +54,9 @@ def estimate(config, model, abstract_state, problem, batch_size: int, compute: s
   rows = max(1, batch_size // data_parallel)
   if compute == "sparse":
     t = sparse_entries or 0
-    batch = t * 16 + n * (2 * widths[-1] + widths[0]) * 4 / model_parallel
+    held = (tree_bytes(engine.leaves_keyed(abstract_state, model.output_kernel_name))
+            if model.holding_output_rows() else 0)
+    batch = t * 16 + held + n * (widths[-1] + widths[0]) * 4 / model_parallel
   else:
     batch = rows * (n * 4 * _BATCH_ARRAYS / model_parallel + sum(widths) * 4 * 4)
   if compute == "sparse" and isinstance(problem.fit_data.source, sparse.CSRRows):
