@@ -165,7 +165,7 @@ class AutoEncoder:
 
   def _kernel_values(self, params, name: str) -> jax.Array:
     u, v = params[f"{name}_u"], params[f"{name}_v"]
-    if self.output_as_rows and f"{name}_kernel" == self.output_kernel_name:
+    if self._held_as_rows(name):
       u, v = v, u  # K(V, U) = K(U, V)ᵀ, the layout the kernel is held in
     d2 = (jnp.sum(u * u, 1)[:, None] + jnp.sum(v * v, 1)[None, :] - 2.0 * u @ v.T)
     return jnp.maximum(0.0, 1.0 - d2)
@@ -194,7 +194,7 @@ class AutoEncoder:
   def _decoder_kernel(self, params, i: int):
     if not self.tied:
       w = self._weight(params, f"dec_{i}")
-      return w.T if self.output_as_rows and i == self._last else w
+      return w.T if self._held_as_rows(f"dec_{i}") else w
     # Mirror of encoder (n-1-i), transposed; the first encoder kernel also
     # carries side-feature rows, which the decoder's N outputs drop.
     n = len(self.layers)
@@ -248,6 +248,9 @@ class AutoEncoder:
   @property
   def output_kernel_name(self) -> str:
     return f"dec_{self._last}_kernel"
+
+  def _held_as_rows(self, layer: str) -> bool:
+    return self.output_as_rows and f"{layer}_kernel" == self.output_kernel_name
 
   def holding_output_rows(self) -> Optional["AutoEncoder"]:
     """This model with its output kernel held as [N, H] rows, the layout the
