@@ -17,12 +17,14 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import script_env
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = ["--dataset=synthetic:ml-100k", "--split=random"]
 
 
 def _run(tmp_path, script, *args):
-  env = {k: v for k, v in os.environ.items() if k not in ("RECAE_DATA_DIR", "XLA_FLAGS")}
+  env = {k: v for k, v in script_env().items() if k != "RECAE_DATA_DIR"}
   env.update(JAX_PLATFORMS="cpu", RECAE_CACHE_DIR=str(tmp_path / "cache"),
              PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
   r = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args],
@@ -98,7 +100,7 @@ def test_torch_reference_bench(tmp_path):
   args = ("torch_reference_bench.py", "--preset=autorec", *DATA, "--layers=16",
           "--repeats=1")
   if importlib.util.find_spec("torch") is None:
-    env = {k: v for k, v in os.environ.items() if k not in ("RECAE_DATA_DIR", "XLA_FLAGS")}
+    env = {k: v for k, v in script_env().items() if k != "RECAE_DATA_DIR"}
     env.update(JAX_PLATFORMS="cpu", RECAE_CACHE_DIR=str(tmp_path / "cache"))
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / args[0]), *args[1:]],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -15,6 +15,8 @@ import pathlib
 import subprocess
 import sys
 
+from conftest import script_env
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SECTIONS = ("env", "peaks", "epochs_ml-100k", "dtype_rmse", "sweep_ml-100k",
             "epochs_ml-20m", "sweep_ml-20m", "epochs_netflix", "memory")
@@ -37,9 +39,8 @@ def _numbers(tree, path=""):
 
 def test_device_check_smoke(tmp_path):
   out = tmp_path / "x.json"
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("RECAE_DATA_DIR", "OUT", "XLA_FLAGS", "JAX_PLATFORMS")}
-  env["JAX_PLATFORMS"] = "cpu"
+  env = {k: v for k, v in script_env(JAX_PLATFORMS="cpu").items()
+         if k not in ("RECAE_DATA_DIR", "OUT")}
   env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
   r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "device_check.py"),
                       "--smoke", f"--out={out}"], cwd=tmp_path, env=env,
@@ -98,7 +99,7 @@ def test_device_check_smoke(tmp_path):
 def test_device_check_budget_skips_with_notes(tmp_path):
   """A spent budget skips every section, says so, and still writes the JSON."""
   out = tmp_path / "skip.json"
-  env = {k: v for k, v in os.environ.items() if k not in ("RECAE_DATA_DIR", "XLA_FLAGS")}
+  env = {k: v for k, v in script_env().items() if k != "RECAE_DATA_DIR"}
   env.update(JAX_PLATFORMS="cpu", OUT=str(tmp_path),
              PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
   r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "device_check.py"),

@@ -5,11 +5,12 @@ train exactly like one process holding two devices."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import socket
 import subprocess
 import sys
+
+from conftest import script_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ["--preset=autorec", "--dataset=synthetic:300x200x6000", "--split=random",
@@ -22,9 +23,8 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _env(**extra) -> dict:
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  return {**env, "JAX_PLATFORMS": "cpu", **extra}
+def _env(xla_flags: str = "") -> dict:
+  return script_env(xla_flags, JAX_PLATFORMS="cpu")
 
 
 def _history(workdir: pathlib.Path) -> list[tuple]:
@@ -56,7 +56,7 @@ def _run_both(tmp_path, args) -> tuple[pathlib.Path, pathlib.Path]:
   res = subprocess.run(
       [sys.executable, "experiments/train.py", *args, f"--workdir={single}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+      env=_env("--xla_force_host_platform_device_count=2"))
   assert res.returncode == 0, res.stderr[-3000:]
   return multi, single
 

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from conftest import script_env
 from recae_jax import sharding
 from recae_jax.errors import UserError
 
@@ -17,7 +18,7 @@ from recae_jax.errors import UserError
 def test_sharded_steps_match_single_device():
   script = pathlib.Path(__file__).with_name("sharded_check.py")
   proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                        timeout=600)
+                        timeout=600, env=script_env())
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads(proc.stdout.strip().splitlines()[-1])
   meshes = {"dense": ("8x1", "4x2", "2x4"), "sparse": ("8x1", "2x1")}
