@@ -98,7 +98,6 @@ def test_device_check_smoke(tmp_path):
 
 def test_device_check_budget_skips_with_notes(tmp_path):
   """A spent budget skips every section, says so, and still writes the JSON."""
-  out = tmp_path / "skip.json"
   env = {k: v for k, v in script_env().items() if k != "RECAE_DATA_DIR"}
   env.update(JAX_PLATFORMS="cpu", OUT=str(tmp_path),
              PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
