@@ -47,6 +47,7 @@ class DenseBatch:
   side_BxS: Optional[jax.Array]
   w_B: jax.Array                 # 1 real row, 0 padding
   nbr_BxGxN: Optional[jax.Array] = None  # neighbouring rows (GLocal-K), raw ratings
+  rows_B: Optional[jax.Array] = None     # the rows' indices (padding: n_rows)
 
 
 @flax.struct.dataclass
@@ -88,7 +89,7 @@ class DenseBatcher:
     v, m, side = jax.tree.map(functools.partial(sharding.constrain_batch, self.mesh),
                               data.batch(rows_B))
     return DenseBatch(v, m, side, (rows_B < data.n_rows).astype(jnp.float32),
-                      data.neighbour_rows(rows_B))
+                      data.neighbour_rows(rows_B), rows_B)
 
 
 # ------------------------------------------------------------------- sparse

@@ -26,7 +26,7 @@ SIDE_FEATURES = ("genre_counts", "user_attributes", "item_genres")
 MODEL_OPTIONS = {
     "kernel_dim": ("sparse_fc", "glocal_k"), "kernel_l2": ("sparse_fc", "glocal_k"),
     "global_kernel_size": ("glocal_k",), "dot_scale": ("glocal_k",),
-    "pretrain_epochs": ("glocal_k",),
+    "pretrain_epochs": ("glocal_k",), "row_bias": RATING_MODELS,
     "kl_gamma": ("recvae",), "enc_epochs": ("recvae",), "dec_epochs": ("recvae",)}
 
 
@@ -58,6 +58,7 @@ class Config:
   side_features: tuple[str, ...] = ()
   side_scaling: str = "none"       # "standardize": z-score side columns on training rows
   rating_divisor: float = 1.0      # model sees rating / divisor (S0 used 5)
+  row_bias: bool = False           # a learned, unregularised output bias per input row: with --orientation=item each item's, beside the output layer's per-user bias (dense compute)
   # --- kernel models (--model=sparse_fc: kernelNet; glocal_k: GLocal-K) ---
   kernel_dim: int = 5              # sparse_fc/glocal_k: width of the per-unit vectors u_i, v_j of each layer's kernel
   kernel_l2: float = 0.006         # sparse_fc/glocal_k: λs, weight of ½Σ K(u_i, v_j)² (the sparsity penalty)

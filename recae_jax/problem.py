@@ -60,7 +60,7 @@ class RowData:
     """The model's dense input for these rows, ratings divided by `div`."""
     v_BxN, m_BxN, side = self.batch(rows_B)
     nbr = self.neighbour_rows(rows_B)
-    return DenseInput(v_BxN / div, m_BxN, side, None if nbr is None else nbr / div)
+    return DenseInput(v_BxN / div, m_BxN, side, None if nbr is None else nbr / div, rows_B)
 
 
 @dataclasses.dataclass

@@ -665,18 +665,20 @@ def _new_user_scores(rec: Recommender, items: np.ndarray, values: np.ndarray
     return np.asarray(out)[0] * div, "fold-in"
   # Item-oriented: the user is an output column. Fit its weights v and bias c
   # to the rated items' hidden codes in closed form (ridge regression), then
-  # score every item as g(h_i · v + c).
+  # score every item as g(h_i · v + c + b_i) (b_i: the item's --row_bias, or 0).
   if rec.config.output_activation != "identity":
     raise UserError("a new user of an item-oriented model is fitted by ridge "
                     "regression, which needs --output_activation=identity")
   h_KxIxH = _hidden_rows(rec)
+  b_KxI = (np.asarray(rec.params["row_bias"]) if rec.model.row_bias
+           else np.zeros(h_KxIxH.shape[:2], np.float32))
   scores = []
-  for h_IxH in h_KxIxH:  # a handful of members
+  for h_IxH, b_I in zip(h_KxIxH, b_KxI):  # a handful of members
     a = np.concatenate([h_IxH[items], np.ones((len(items), 1), np.float32)], 1)
     reg = RIDGE * np.eye(a.shape[1])
     reg[-1, -1] = 0.0  # the bias is not regularised
-    w = np.linalg.solve(a.T.astype(np.float64) @ a + reg, a.T @ (values / div))
-    scores.append(np.concatenate([h_IxH, np.ones((len(h_IxH), 1))], 1) @ w)
+    w = np.linalg.solve(a.T.astype(np.float64) @ a + reg, a.T @ (values / div - b_I[items]))
+    scores.append(np.concatenate([h_IxH, np.ones((len(h_IxH), 1))], 1) @ w + b_I)
   return (np.mean(scores, 0) * div).astype(np.float32), "ridge regression on the item codes"
 
 

@@ -91,7 +91,8 @@ class RatingTask:
       x_BxN = batch.v_BxN / div
       nbr = None if batch.nbr_BxGxN is None else batch.nbr_BxGxN / div
       pred_BxN = self.model.apply(params, DenseInput(x_BxN, batch.m_BxN, batch.side_BxS,
-                                                     nbr), hyper.rates, rng, train=True)
+                                                     nbr, batch.rows_B),
+                                  hyper.rates, rng, train=True)
       sse, count = losses.masked_sse(pred_BxN, x_BxN, batch.m_BxN, batch.w_B)
     totals = totals or {"count": count, "rows": jnp.sum(batch.w_B)}
     if self.loss_denominator == "observed":
@@ -111,9 +112,10 @@ class RatingTask:
     """DeepRecommender's dense re-feeding: f(x) is a dense rating vector the
     model should reproduce, so train on it as input and target."""
     div = self.rating_divisor
-    x = DenseInput(batch.v_BxN / div, batch.m_BxN, batch.side_BxS)
+    x = DenseInput(batch.v_BxN / div, batch.m_BxN, batch.side_BxS, rows_B=batch.rows_B)
     y_BxN = jax.lax.stop_gradient(self.model.apply(params, x)) * div
-    return DenseBatch(y_BxN, jnp.ones_like(batch.m_BxN), batch.side_BxS, batch.w_B)
+    return DenseBatch(y_BxN, jnp.ones_like(batch.m_BxN), batch.side_BxS, batch.w_B,
+                      rows_B=batch.rows_B)
 
   def predict_at(self, params, inputs, at, out_rows=None):
     """Predicted ratings at the block's pairs (same scale as the data)."""
@@ -122,7 +124,7 @@ class RatingTask:
       inputs = inputs.replace(x_T=inputs.x_T / div)
       return self.model.apply(params, inputs, at=at, out_rows=out_rows) * div
     nbr = None if inputs.nbr_BxGxN is None else inputs.nbr_BxGxN / div
-    x = DenseInput(inputs.x_BxN / div, inputs.m_BxN, inputs.side_BxS, nbr)
+    x = DenseInput(inputs.x_BxN / div, inputs.m_BxN, inputs.side_BxS, nbr, inputs.rows_B)
     return self.model.apply(params, x)[at] * div
 
 

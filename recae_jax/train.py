@@ -266,7 +266,8 @@ def _pretrain_local_kernels(base: Config, configs, workdir, problem: Problem, *,
       labels=labels, resume=resume, progress=lambda line: progress(f"pretrain {line}"),
       problem=problem, dataset=None, config_json=None, group_size=group_size,
       shared_order=shared_order)
-  model = build_model(local(base), problem.n_cols, problem.n_side, tuple(pre_configs))
+  model = build_model(local(base), problem.n_cols, problem.n_side, tuple(pre_configs),
+                      problem.fit_data.n_rows)
   means = _reconstruction_row_means(model, float(base.rating_divisor), params_K,
                                     problem.fit_data, problem.rating_scale,
                                     base.eval_batch_size)

@@ -216,6 +216,57 @@ def test_options_that_do_not_apply_are_one_line_errors(kw, flag):
   assert "\n" not in str(e.value)
 
 
+def test_row_bias_adds_each_rows_own_unregularised_bias_to_its_outputs():
+  config = make_config("sparse_fc", layers=(6,), row_bias=True)
+  model = build_model(config, 9, n_rows=5)
+  params = model.init(jax.random.PRNGKey(0))
+  np.testing.assert_array_equal(np.asarray(params["row_bias"]), np.zeros(5))
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 6, (4, 9)), jnp.float32)
+  rows = jnp.asarray([3, 0, 4, 5], jnp.int32)  # the last one is a padding row
+  plain = model.apply(params, DenseInput(x, x > 0, rows_B=rows))
+  biased = dict(params, row_bias=jnp.arange(1.0, 6.0))
+  out = model.apply(biased, DenseInput(x, x > 0, rows_B=rows))
+  np.testing.assert_allclose(np.asarray(out - plain),
+                             np.broadcast_to(np.array([[4.0], [1.0], [5.0], [0.0]]), (4, 9)),
+                             atol=1e-5)
+  # a new row (no index) has no bias of its own; the bias is not in the L2 penalty
+  np.testing.assert_array_equal(np.asarray(model.apply(biased, DenseInput(x, x > 0))),
+                                np.asarray(model.apply(params, DenseInput(x, x > 0))))
+  assert float(losses.l2_penalty(biased)) == float(losses.l2_penalty(params))
+  with pytest.raises(UserError, match="--row_bias: applies to --model=autoencoder"):
+    make_config("mult_vae", row_bias=True)
+
+
+def test_row_bias_is_learned_in_both_glocal_k_stages_and_scores_new_users(
+    tiny, tmp_path):
+  dataset, _ = tiny
+  config = make_config("glocal_k", **SMALL, pretrain_epochs=4, split="random",
+                       row_bias=True)
+  _, split = load_split(config, dataset)
+  problem = build_problem(config, dataset, split)
+  sparse_config = dataclasses.replace(config, compute="sparse")
+  with pytest.raises(UserError, match="--compute=sparse does not support a per-row "
+                     "output bias"):
+    compute.check(dataclasses.replace(sparse_config, model="sparse_fc"))
+  res = train.train_and_evaluate(config, tmp_path, problem=problem)
+  assert np.isfinite(res["test_rmse"])
+  from recae_jax import restore
+  pre_config = load_config(tmp_path / "pretrain" / "config.json")
+  assert pre_config.model == "sparse_fc" and pre_config.row_bias
+  _, pre_params, _ = restore.restore_params(pre_config, tmp_path / "pretrain", problem)
+  rec = recommend.from_workdir(tmp_path, dataset=dataset)
+  b_pre, b = np.asarray(pre_params["row_bias"][0]), np.asarray(rec.params["row_bias"][0])
+  assert b.shape == (problem.fit_data.n_rows,)
+  assert np.abs(b_pre).max() > 1e-3 and np.abs(b - b_pre).max() > 1e-4  # both stages move it
+  # a new user's ridge fit on the item codes adds each item's bias: raising
+  # the bias of an item they did not rate raises its score by as much
+  items, values = np.array([0, 1, 2], np.int32), np.array([5.0, 3.0, 4.0], np.float32)
+  before, _ = recommend._new_user_scores(rec, items, values)
+  rec.params = dict(rec.params, row_bias=rec.params["row_bias"].at[:, 7].add(0.5))
+  after, _ = recommend._new_user_scores(rec, items, values)
+  np.testing.assert_allclose(after - before, np.eye(len(before))[7] * 0.5, atol=1e-4)
+
+
 def test_lbfgs_with_minibatches_is_refused(tiny, tmp_path):
   dataset, split = tiny
   config = make_config("sparse_fc", **dict(SMALL, batch_size=8))
