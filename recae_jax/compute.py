@@ -39,11 +39,11 @@ def supports(config: Config) -> tuple[bool, str]:
     why.append("dense re-feeding (dense targets)")
   if config.compute_dtype != "float32":
     why.append("bfloat16 compute")
-  if config.row_bias:
-    why.append("a per-row output bias (--row_bias; use --compute=dense)")
   if config.model == "glocal_k":
     why.append("GLocal-K's global convolution (it reads each row's neighbouring "
                "dense rows; use --compute=dense)")
+  if config.row_bias:
+    why.append("a per-row output bias (--row_bias; use --compute=dense)")
   return (not why, ", ".join(why))
 
 

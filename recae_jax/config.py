@@ -386,9 +386,12 @@ PRESETS["sparse_fc"] = dict(model="sparse_fc", orientation="item", layers=(500, 
                             patience=50, checkpoint_every=25)
 # GLocal-K (Han et al. 2021): sparse_fc pre-trained for 150 iterations, then
 # fine-tuned with the 3x3 global convolution for 300 (their 60 x 5), both
-# stages restarting L-BFGS every 5 iterations as their scipy calls do.
+# stages restarting L-BFGS every 5 iterations as their scipy calls do. Not in
+# their code: an item bias in both stages (row_bias; chosen on validation in
+# session 19, README "Kernel models"; --norow_bias is the paper's network).
 PRESETS["glocal_k"] = dict(PRESETS["sparse_fc"], model="glocal_k", pretrain_epochs=150,
-                           epochs=300, global_kernel_size=3, dot_scale=1.0, lbfgs_restart=5)
+                           epochs=300, global_kernel_size=3, dot_scale=1.0, lbfgs_restart=5,
+                           row_bias=True)
 # The project's most accurate rating model (see README "What helped").
 PRESETS["best"] = dict(PRESETS["autorec"], ensemble=5, refit=True, blend_uautorec=True,
                        blend_knn=True, blend_kernel=("sparse_fc", "glocal_k"),

@@ -162,12 +162,12 @@ def test_glocal_k_pretrains_then_fine_tunes_from_the_pretrained_net(tiny, tmp_pa
   from recae_jax import restore
   pre_config = load_config(tmp_path / "pretrain" / "config.json")
   assert pre_config == make_config("sparse_fc", **dict(SMALL, epochs=5), split="random",
-                                   lbfgs_restart=5)
+                                   lbfgs_restart=5, row_bias=True)
   _, pre_params, _ = restore.restore_params(pre_config, tmp_path / "pretrain", problem)
   for name in pre_params:
     np.testing.assert_array_equal(np.asarray(start[name]), np.asarray(pre_params[name]))
   # ... with the row means of their clipped reconstruction of the fit matrix
-  model = build_model(make_config("sparse_fc", layers=(16, 16)), problem.n_cols)
+  model = build_model(pre_config, problem.n_cols, n_rows=problem.fit_data.n_rows)
   rows = jnp.arange(problem.fit_data.n_rows, dtype=jnp.int32)
   out = model.apply(engine.member(pre_params, 0), problem.fit_data.inputs(rows))
   np.testing.assert_allclose(np.asarray(start["gconv_rowmean"][0]),
