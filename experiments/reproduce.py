@@ -96,7 +96,7 @@ def _rows() -> list[Row]:
           {"preset": "sparse_fc"},
           "kernelNet 0.824 (Muller 2018, ML-1M 90/10, L-BFGS, its code reports the "
           "last iteration) — not comparable: different data"),
-      Row("glocal_k_u1", "ml-100k", "u1", "GLocal-K (glocal_k)", t,
+      Row("glocal_k_u1", "ml-100k", "u1", "GLocal-K + item bias (glocal_k)", t,
           {"preset": "glocal_k"},
           "GLocal-K 0.8889 (Han 2021, ML-100K u1; their code keeps the epoch with the "
           "lowest test RMSE, ours selects on validation)", 0.8889),
