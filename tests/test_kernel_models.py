@@ -244,10 +244,9 @@ def test_row_bias_is_learned_in_both_glocal_k_stages_and_scores_new_users(
                        row_bias=True)
   _, split = load_split(config, dataset)
   problem = build_problem(config, dataset, split)
-  sparse_config = dataclasses.replace(config, compute="sparse")
   with pytest.raises(UserError, match="--compute=sparse does not support a per-row "
                      "output bias"):
-    compute.check(dataclasses.replace(sparse_config, model="sparse_fc"))
+    compute.check(make_config("sparse_fc", row_bias=True, compute="sparse"))
   res = train.train_and_evaluate(config, tmp_path, problem=problem)
   assert np.isfinite(res["test_rmse"])
   from recae_jax import restore
