@@ -124,7 +124,7 @@ class RatingTask:
       inputs = inputs.replace(x_T=inputs.x_T / div)
       return self.model.apply(params, inputs, at=at, out_rows=out_rows) * div
     nbr = None if inputs.nbr_BxGxN is None else inputs.nbr_BxGxN / div
-    x = DenseInput(inputs.x_BxN / div, inputs.m_BxN, inputs.side_BxS, nbr, inputs.rows_B)
+    x = inputs.replace(x_BxN=inputs.x_BxN / div, nbr_BxGxN=nbr)  # every other field kept
     return self.model.apply(params, x)[at] * div
 
 
